@@ -1,0 +1,40 @@
+# Fragua — the two commands in README.md: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+FRAGUA := $(BIN)/fragua
+EXAMPLES := src/fragua/resources/examples
+DEMO_DIR ?= demo-work
+
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_LOGGING_LEVEL ?= WARNING
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test clean
+
+# torch first, pinned, so a fresh install here takes the CPU wheel on disk instead of
+# downloading a CUDA build; pyproject keeps an open range for users who bring their own.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Build the tiny base model, run the pipeline on batch 1 (-> v1), then on batch 1 + 2
+# (-> v2), roll production back once, and list what the registry holds.
+demo: install
+	rm -rf $(DEMO_DIR)
+	$(FRAGUA) --work-dir $(DEMO_DIR) init-base
+	$(FRAGUA) --work-dir $(DEMO_DIR) run --source $(EXAMPLES)/batch1
+	$(FRAGUA) --work-dir $(DEMO_DIR) run --source $(EXAMPLES)/batch1 --source $(EXAMPLES)/batch2
+	$(FRAGUA) --work-dir $(DEMO_DIR) rollback
+	$(FRAGUA) --work-dir $(DEMO_DIR) versions
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .fragua .pytest_cache

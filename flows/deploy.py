@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from fragua.jobs import DeployOutcome, version_file
+from fragua.registry import AliasState
+from fragua.settings import Settings
+from tasks.registry import (
+    load_run_task,
+    load_validation_task,
+    production_task,
+    promote_task,
+    publish_task,
+    rollback_task,
+    verify_task,
+)
+
+from . import current_actor
+
+
+@flow(name="deploy")
+def deploy_flow(settings: Settings | None = None, run_id: str | None = None, version: str | None = None) -> DeployOutcome:
+    """Publish a validated run as a new version and, with registry.auto_deploy, point production at it.
+
+    With ``version``, promote an already published version instead (e.g. after a
+    development run that only registered it).
+    """
+    settings = settings or Settings.load()
+    logger = get_run_logger()
+    actor = current_actor()
+    if version is not None:
+        current = production_task(settings)
+        state = promote_task(settings, version, current.version if current else None, "manual deploy", actor)
+        return DeployOutcome(version=version, published=False, promoted=True, production=state.version, reasons=["manual deploy"])
+    if run_id is None:
+        run_id = load_run_task(settings, None)["run_id"]
+    validation = load_validation_task(settings, run_id)
+    if not validation.decision.passed:
+        for reason in validation.decision.reasons:
+            logger.warning(reason)
+        current = production_task(settings)
+        return DeployOutcome(
+            version=None, published=False, promoted=False,
+            production=current.version if current else None,
+            reasons=validation.decision.reasons, report_path=validation.report_path,
+        )
+    manifest = publish_task(settings, run_id, flow_run.id)
+    verify_task(settings, manifest.version)
+    report_path = version_file(settings, manifest.version, "report.md")
+    if not settings.registry.auto_deploy:
+        logger.info("registry.auto_deploy is off: %s is registered; promote it with `fragua deploy --version %s`", manifest.version, manifest.version)
+        current = production_task(settings)
+        return DeployOutcome(
+            version=manifest.version, published=True, promoted=False,
+            production=current.version if current else None,
+            reasons=validation.decision.reasons, report_path=report_path,
+        )
+    state = promote_task(settings, manifest.version, validation.production_version, f"deploy of run {run_id}", actor)
+    create_markdown_artifact(
+        f"# Deployed `{manifest.version}`\n\nproduction: `{state.previous}` → `{state.version}`\n\n"
+        + "\n".join(f"- {r}" for r in validation.decision.reasons),
+        key="deployment",
+        description=f"Deployment of {manifest.version}",
+    )
+    return DeployOutcome(
+        version=manifest.version, published=True, promoted=True, production=state.version,
+        reasons=validation.decision.reasons, report_path=report_path,
+    )
+
+
+@flow(name="rollback")
+def rollback_flow(settings: Settings | None = None, to: str | None = None) -> AliasState:
+    """Point production back to the previous version (or ``to``); no weights are copied."""
+    settings = settings or Settings.load()
+    state = rollback_task(settings, to, current_actor())
+    create_markdown_artifact(
+        f"# Rollback\n\nproduction: `{state.previous}` → `{state.version}`", key="rollback", description="Rollback"
+    )
+    return state

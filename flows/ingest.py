@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from fragua.dataset_store import DatasetManifest
+from fragua.report import dataset_summary
+from fragua.settings import Settings
+from tasks.data import expand_task, ingest_task
+
+
+@flow(name="ingest")
+def ingest_flow(settings: Settings | None = None) -> DatasetManifest:
+    """Read data.sources into canonical records, quarantine bad rows, split, store a dataset version."""
+    settings = settings or Settings.load()
+    manifest = ingest_task(settings)
+    create_markdown_artifact(dataset_summary(manifest), key="dataset", description=f"Dataset version {manifest.id}")
+    return manifest
+
+
+@flow(name="expand")
+def expand_flow(settings: Settings | None = None, dataset_id: str | None = None) -> DatasetManifest:
+    """Augment the train split of a dataset version toward expand.expansion_factor."""
+    settings = settings or Settings.load()
+    if dataset_id is None:
+        dataset_id = ingest_task(settings).id
+    manifest = expand_task(settings, dataset_id)
+    create_markdown_artifact(dataset_summary(manifest), key="dataset-expanded", description=f"Expanded dataset {manifest.id}")
+    return manifest

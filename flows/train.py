@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from fragua.report import training_summary
+from fragua.settings import Settings
+from fragua.training import TrainReport
+from tasks.data import ingest_task
+from tasks.model import base_model_task, train_task
+
+
+@flow(name="train")
+def train_flow(settings: Settings | None = None, dataset_id: str | None = None) -> TrainReport:
+    """Fine-tune the base model on a dataset version (the sources are ingested when none is given)."""
+    settings = settings or Settings.load()
+    if dataset_id is None:
+        dataset_id = ingest_task(settings).id
+    base_model_task(settings)
+    report = train_task(settings, dataset_id)
+    create_markdown_artifact(training_summary(report), key="training", description=f"Training run {report.run_id}")
+    return report

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from fragua.jobs import ValidationOutcome
+from fragua.report import comparison_rows
+from fragua.settings import Settings
+from tasks.model import evaluate_task
+from tasks.registry import fetch_task, load_run_task, production_task, record_validation_task
+
+
+@flow(name="validate")
+def validate_flow(settings: Settings | None = None, run_id: str | None = None) -> ValidationOutcome:
+    """Score a trained run, the base model and the production version on one validation set; apply the gates."""
+    settings = settings or Settings.load()
+    run = load_run_task(settings, run_id)
+    dataset_id = run["dataset_id"]
+    candidate = evaluate_task(settings, dataset_id, f"{run['run_dir']}/model", name="candidate")
+    base = evaluate_task(settings, dataset_id, run["base_model"], name="base")
+    production_state = production_task(settings)
+    production = None
+    if production_state is not None:
+        folder = fetch_task(settings, production_state.version)
+        production = evaluate_task(settings, dataset_id, str(folder), name=production_state.version)
+    outcome = record_validation_task(
+        settings, run["run_id"], dataset_id, candidate, base, production,
+        production_state.version if production_state else None,
+    )
+    with open(outcome.report_path, encoding="utf-8") as report:
+        create_markdown_artifact(report.read(), key="validation-report", description=f"Validation of run {run['run_id']}")
+    create_table_artifact(
+        comparison_rows({"candidate": candidate, "production": production, "base": base}),
+        key="validation-metrics",
+        description="Candidate vs production vs base, overall and per domain",
+    )
+    return outcome

@@ -1,0 +1,336 @@
+"""The operations the Prefect tasks wrap, one function each, over Settings.
+
+Each function does one job end to end (read inputs, call the pure pieces, write outputs)
+so that a task is a thin retrying wrapper and a CLI or test can call the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+from . import dataset_store
+from .base_model import build_tiny_base
+from .dataset_store import DatasetManifest
+from .evaluation import Evaluation, evaluate
+from .expand import expand_train
+from .gates import Decision, decide
+from .ingest import ingest
+from .modeling import ModelLoadError, load_for_inference
+from .registry import PRODUCTION, AliasState, Registry, RegistryError, VersionManifest, size_label
+from .report import model_card, validation_report
+from .settings import Settings
+from .storage import LocalStore
+from .tracking import tracking_run
+from .training import TrainReport, train
+
+BASE_MARKER = "fragua_base.json"
+SMOKE_QUESTION = "What can you help me with?"
+
+
+class ValidationOutcome(BaseModel):
+    run_id: str
+    dataset_id: str
+    candidate: Evaluation
+    base: Evaluation | None
+    production: Evaluation | None
+    production_version: str | None
+    decision: Decision
+    report_path: str
+    eval_path: str
+
+
+class DeployOutcome(BaseModel):
+    version: str | None
+    published: bool
+    promoted: bool
+    production: str | None
+    reasons: list[str]
+    report_path: str | None = None
+
+
+# Data -----------------------------------------------------------------------------------
+
+
+def ingest_sources(settings: Settings) -> DatasetManifest:
+    return ingest(settings.data, settings.datasets_path)
+
+
+def expand_dataset(settings: Settings, dataset_id: str) -> DatasetManifest:
+    """A child dataset version whose train split is augmented; validation copied unchanged."""
+    parent = dataset_store.find_dataset(settings.datasets_path, dataset_id)
+    train_records = dataset_store.load_records(parent, "train")
+    expanded, report = expand_train(train_records, settings.expand)
+    if len(expanded) == len(train_records):
+        return parent
+    held_out = dataset_store.load_records(parent, "validation") + dataset_store.load_records(parent, "test")
+    return dataset_store.write_dataset_version(
+        settings.datasets_path,
+        expanded + held_out,
+        quarantine=[],
+        sources=parent.sources,
+        settings={**parent.settings, "expand": settings.expand.model_dump(mode="json")},
+        parent=parent.id,
+        report={"expansion": report},
+    )
+
+
+# Base model -----------------------------------------------------------------------------
+
+
+def ensure_base_model(settings: Settings, *, force: bool = False) -> str:
+    """The configured base model id/path; builds the tiny local base when none is configured."""
+    if settings.train.base_model:
+        return settings.train.base_model
+    path = settings.tiny_base_path
+    wanted = settings.train.tiny.model_dump(mode="json")
+    marker = path / BASE_MARKER
+    if marker.is_file() and not force:
+        built = json.loads(marker.read_text())
+        if built != wanted:
+            raise ModelLoadError(
+                f"the tiny base model at {path} was built with train.tiny = {built}, but the settings say {wanted}; "
+                "run `fragua init-base --force` to rebuild it (versions trained on the old one need the old one to load)"
+            )
+        return str(path)
+    build_tiny_base(path, settings.train.tiny, force=True)
+    marker.write_text(json.dumps(wanted, indent=2))
+    return str(path)
+
+
+# Training -------------------------------------------------------------------------------
+
+
+def training_run_id(settings: Settings, dataset_id: str) -> str:
+    """Same data and training settings, same run id: a re-run resumes instead of restarting."""
+    return f"{dataset_id[:12]}-{settings.fingerprint('train')[:8]}"
+
+
+def train_model(settings: Settings, dataset_id: str, *, progress: Callable[[dict[str, Any]], None] | None = None) -> TrainReport:
+    dataset = dataset_store.find_dataset(settings.datasets_path, dataset_id)
+    base = ensure_base_model(settings)
+    run_id = training_run_id(settings, dataset.id)
+    run_dir = settings.runs_path / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run.json").write_text(
+        json.dumps({"run_id": run_id, "dataset_id": dataset.id, "base_model": base, "settings": settings.redacted()}, indent=2)
+    )
+    with tracking_run(settings.tracking, settings.work_path, name=run_id, job_type="train", config=settings.redacted()) as tracker:
+        report = train(
+            base_model=base,
+            settings=settings.train,
+            train_records=dataset_store.load_records(dataset, "train"),
+            eval_records=dataset_store.load_records(dataset, "validation"),
+            run_dir=run_dir,
+            report_to=tracker.report_to,
+            run_name=run_id,
+            progress=progress,
+        )
+        report.tracking_run = tracker.reference
+    (run_dir / "train_report.json").write_text(report.model_dump_json(indent=2))
+    return report
+
+
+def load_run(settings: Settings, run_id: str | None) -> dict[str, Any]:
+    """A training run's record (run.json); None means the newest trained run."""
+    runs = sorted(
+        (p for p in settings.runs_path.glob("*") if (p / "train_report.json").is_file()),
+        key=lambda p: (p / "train_report.json").stat().st_mtime,
+    ) if settings.runs_path.is_dir() else []
+    if run_id is None:
+        if not runs:
+            raise FileNotFoundError(f"no trained runs under {settings.runs_path}; run `fragua train` first")
+        chosen = runs[-1]
+    else:
+        chosen = settings.runs_path / run_id
+        if not (chosen / "train_report.json").is_file():
+            raise FileNotFoundError(f"no trained run {run_id!r} under {settings.runs_path}")
+    return {**json.loads((chosen / "run.json").read_text()), "run_dir": str(chosen)}
+
+
+# Validation -----------------------------------------------------------------------------
+
+
+def open_registry(settings: Settings) -> Registry:
+    return Registry(LocalStore(settings.registry_path), settings.registry.model_name)
+
+
+def production_state(settings: Settings) -> AliasState | None:
+    state, _ = open_registry(settings).alias(PRODUCTION)
+    return state
+
+
+def fetch_version(settings: Settings, version: str) -> Path:
+    return open_registry(settings).fetch(version, settings.work_path / "cache" / "models")
+
+
+def evaluate_model(settings: Settings, dataset_id: str, model_path: str, *, name: str) -> Evaluation:
+    dataset = dataset_store.find_dataset(settings.datasets_path, dataset_id)
+    records = dataset_store.load_records(dataset, "validation")
+    loaded = load_for_inference(model_path, settings.train)
+    return evaluate(loaded.model, loaded.tokenizer, records, settings.validate, max_length=settings.train.max_seq_length, name=name)
+
+
+def record_validation(
+    settings: Settings,
+    run_id: str,
+    dataset_id: str,
+    candidate: Evaluation,
+    base: Evaluation | None,
+    production: Evaluation | None,
+    production_version: str | None,
+) -> ValidationOutcome:
+    """Apply the gates and write eval.json and report.md into the run; log them to tracking."""
+    decision = decide(
+        candidate.overall,
+        settings.validate,
+        base=base.overall if base else None,
+        production=production.overall if production else None,
+        production_version=production_version,
+    )
+    folder = settings.runs_path / run_id / "validation"
+    folder.mkdir(parents=True, exist_ok=True)
+    report = validation_report(
+        run_id=run_id,
+        dataset_id=dataset_id,
+        candidate=candidate,
+        base=base,
+        production=production,
+        production_version=production_version,
+        decision=decision,
+    )
+    outcome = ValidationOutcome(
+        run_id=run_id,
+        dataset_id=dataset_id,
+        candidate=candidate,
+        base=base,
+        production=production,
+        production_version=production_version,
+        decision=decision,
+        report_path=str(folder / "report.md"),
+        eval_path=str(folder / "eval.json"),
+    )
+    (folder / "report.md").write_text(report, encoding="utf-8")
+    (folder / "eval.json").write_text(outcome.model_dump_json(indent=2), encoding="utf-8")
+    with tracking_run(settings.tracking, settings.work_path, name=f"{run_id}-validate", job_type="validate", config=settings.redacted()) as tracker:
+        metrics = {f"candidate/{k}": v for k, v in candidate.overall.model_dump().items()}
+        for domain, values in candidate.per_domain.items():
+            metrics.update({f"candidate/{domain}/{k}": v for k, v in values.model_dump().items()})
+        if base:
+            metrics.update({f"base/{k}": v for k, v in base.overall.model_dump().items()})
+        if production:
+            metrics.update({f"production/{k}": v for k, v in production.overall.model_dump().items()})
+        tracker.log(metrics)
+        tracker.summarize({"passed": decision.passed, "reasons": decision.reasons})
+    return outcome
+
+
+def load_validation(settings: Settings, run_id: str) -> ValidationOutcome:
+    path = settings.runs_path / run_id / "validation" / "eval.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"run {run_id} has not been validated yet ({path} missing); run `fragua validate --run {run_id}`")
+    return ValidationOutcome.model_validate_json(path.read_text())
+
+
+# Registry -------------------------------------------------------------------------------
+
+
+def publish_run(settings: Settings, run_id: str, *, flow_run_id: str | None = None) -> VersionManifest:
+    """Allocate the next version and upload the run's model, reports and card; manifest last."""
+    run = load_run(settings, run_id)
+    validation = load_validation(settings, run_id)
+    if not validation.decision.passed:
+        raise RegistryError(f"run {run_id} did not pass validation; not publishing:\n  " + "\n  ".join(validation.decision.reasons))
+    run_dir = Path(run["run_dir"])
+    train_report = TrainReport.model_validate_json((run_dir / "train_report.json").read_text())
+    dataset = dataset_store.find_dataset(settings.datasets_path, run["dataset_id"])
+    registry = open_registry(settings)
+    size = settings.registry.size_label
+    if size == "auto":
+        size = size_label(train_report.base_parameters)
+    production = production_state(settings)
+    manifest_fields = {
+        "metrics": {
+            "overall": validation.candidate.overall.model_dump(),
+            "per_domain": {d: m.model_dump() for d, m in validation.candidate.per_domain.items()},
+            "base": validation.base.overall.model_dump() if validation.base else None,
+            "production": validation.production.overall.model_dump() if validation.production else None,
+        },
+        "decision": validation.decision.model_dump(),
+        "lineage": {
+            "base_model": run["base_model"],
+            "method": train_report.method,
+            "parent_version": production.version if production else None,
+            "dataset_id": dataset.id,
+            "dataset_counts": dataset.counts,
+            "run_id": run_id,
+            "tracking_run": train_report.tracking_run,
+            "prefect_flow_run_id": flow_run_id,
+            "settings": run["settings"],
+        },
+    }
+    version = registry.allocate(size)
+    card = run_dir / "README.md"
+    card.write_text(
+        model_card(
+            version=version,
+            manifest_fields=manifest_fields,
+            metrics=validation.candidate.overall,
+            report=Path(validation.report_path).read_text(encoding="utf-8"),
+        ),
+        encoding="utf-8",
+    )
+    model_dir = Path(train_report.adapter_dir)
+    files = {p.relative_to(model_dir).as_posix(): p for p in sorted(model_dir.rglob("*")) if p.is_file()}
+    files.update(
+        {
+            "README.md": card,
+            "eval.json": Path(validation.eval_path),
+            "report.md": Path(validation.report_path),
+            "train_report.json": run_dir / "train_report.json",
+        }
+    )
+    return registry.publish(version, files, manifest_fields)
+
+
+def version_file(settings: Settings, version: str, relative: str) -> str:
+    """Where a file of a published version lives, for people to open."""
+    registry = open_registry(settings)
+    return f"{registry.store.describe()}/{registry.version_prefix(version)}/{relative}"
+
+
+def verify_version(settings: Settings, version: str) -> str:
+    """Download with checksum verification, load, and generate an answer: the smoke check."""
+    from .chat import generation_prompt, stop_token_ids
+    from .records import Message
+
+    manifest = open_registry(settings).manifest(version)
+    folder = fetch_version(settings, version)
+    loaded = load_for_inference(folder, settings.train, base_model=manifest.lineage.get("base_model"))
+    prompt = generation_prompt(loaded.tokenizer, [Message(role="user", content=SMOKE_QUESTION)])
+    inputs = loaded.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(loaded.model.device)
+    output = loaded.model.generate(**inputs, max_new_tokens=8, do_sample=False, eos_token_id=stop_token_ids(loaded.tokenizer), pad_token_id=loaded.tokenizer.pad_token_id)
+    new_tokens = output.shape[1] - inputs["input_ids"].shape[1]
+    if new_tokens < 1:
+        raise RegistryError(f"smoke check of {version} failed: the model generated nothing")
+    return loaded.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def promote_version(settings: Settings, version: str, *, expected_production: str | None, reason: str, actor: str | None = None) -> AliasState:
+    """Move production to ``version`` only if production is still what validation compared against."""
+    registry = open_registry(settings)
+    expected = registry.alias(PRODUCTION)
+    current = expected[0].version if expected[0] else None
+    if current != expected_production:
+        raise RegistryError(
+            f"production is now {current or 'unset'}, but {version} was validated against {expected_production or 'no production version'}; "
+            "validate again before deploying"
+        )
+    return registry.promote(version, reason=reason, actor=actor, expected=expected)
+
+
+def rollback(settings: Settings, to: str | None = None, *, actor: str | None = None) -> AliasState:
+    return open_registry(settings).rollback(to, actor=actor)

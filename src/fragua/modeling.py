@@ -1,0 +1,156 @@
+"""Loading tokenizers and models: hub ids, local folders and registry versions alike.
+
+Only safetensors weights are loaded and remote code stays off unless Settings allow it.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .chat import ensure_chat_template
+from .settings import TrainSettings
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer could not be loaded; the message says which and what to do."""
+
+
+def quiet_transformers() -> None:
+    """Progress bars per weight shard drown the run logs; our own progress reporting stays."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+def pick_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def resolve_precision(precision: str) -> str:
+    """'auto' becomes bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU."""
+    import torch
+
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def torch_dtype(precision: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[resolve_precision(precision)]
+
+
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"cannot load a tokenizer from {name_or_path!r}: {exc}. Use a local folder, a reachable hub id, "
+            "or run `fragua init-base` for the tiny local base model."
+        ) from exc
+    ensure_chat_template(tokenizer)
+    return tokenizer
+
+
+def require_quantization_backend() -> None:
+    """Fail before anything is loaded where 4/8-bit weights cannot be used."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise ModelLoadError(
+            "train.method 'qlora' needs bitsandbytes (pip install 'fragua[quant]'), which is not installed; "
+            "use train.method 'lora' instead"
+        ) from exc
+
+
+def quantization_config(settings: TrainSettings):
+    """bitsandbytes config for method 'qlora'."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    require_quantization_backend()
+
+    quant = settings.quant
+    if quant.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant.quant_type,
+        bnb_4bit_use_double_quant=quant.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, quant.compute_dtype),
+    )
+
+
+def load_causal_lm(name_or_path: str, settings: TrainSettings, *, for_training: bool = False):
+    """A causal LM on the best device, in the configured precision and attention kernel."""
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype(settings.precision),
+        "attn_implementation": settings.attn_implementation,
+        "trust_remote_code": settings.trust_remote_code,
+        "use_safetensors": True,
+    }
+    if for_training and settings.method == "qlora":
+        kwargs["quantization_config"] = quantization_config(settings)
+        kwargs["device_map"] = {"": 0} if pick_device() == "cuda" else {"": "cpu"}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"cannot load model {name_or_path!r}: {exc}. Fragua loads safetensors weights only; "
+            "check the id or path, or run `fragua init-base` for the tiny local base model."
+        ) from exc
+    if "device_map" not in kwargs:
+        model.to(pick_device())
+    return model
+
+
+def is_adapter(path: Path) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    source: str
+
+
+def load_for_inference(path_or_id: str | Path, settings: TrainSettings, *, base_model: str | None = None) -> LoadedModel:
+    """A merged model, a plain model, or an adapter over its base: detected from the folder."""
+    path = Path(path_or_id)
+    if path.is_dir() and is_adapter(path):
+        from peft import PeftModel
+
+        base = base_model or json.loads((path / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+        tokenizer = load_tokenizer(str(path), trust_remote_code=settings.trust_remote_code)
+        model = load_causal_lm(base, settings)
+        if model.get_input_embeddings().num_embeddings != len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer))
+        model = PeftModel.from_pretrained(model, str(path), is_trainable=False)
+        model.to(pick_device())
+    else:
+        tokenizer = load_tokenizer(str(path_or_id), trust_remote_code=settings.trust_remote_code)
+        model = load_causal_lm(str(path_or_id), settings)
+    model.eval()
+    return LoadedModel(model, tokenizer, str(path_or_id))

@@ -1,0 +1,163 @@
+"""Human-readable reports: the validation report and each version's model card."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .evaluation import Evaluation, MetricSet
+from .gates import Decision
+
+COLUMNS = ("n", "loss", "perplexity", "exact_match", "token_f1")
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def comparison_rows(evaluations: dict[str, Evaluation | None]) -> list[dict[str, Any]]:
+    """One row per model and domain (overall first): the table artifact and the markdown table."""
+    rows = []
+    for label, evaluation in evaluations.items():
+        if evaluation is None:
+            continue
+        for domain, metrics in [("overall", evaluation.overall), *evaluation.per_domain.items()]:
+            rows.append({"model": label, "domain": domain, **{c: getattr(metrics, c) for c in COLUMNS}})
+    return rows
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    return head + "".join("| " + " | ".join(_escape(_cell(row[c])) for c in columns) + " |\n" for row in rows)
+
+
+def validation_report(
+    *,
+    run_id: str,
+    dataset_id: str,
+    candidate: Evaluation,
+    base: Evaluation | None,
+    production: Evaluation | None,
+    production_version: str | None,
+    decision: Decision,
+) -> str:
+    verdict = "PASSED" if decision.passed else "FAILED"
+    lines = [
+        f"# Validation of run `{run_id}`: {verdict}",
+        "",
+        f"- dataset version: `{dataset_id}` ({candidate.overall.n} validation examples)",
+        f"- primary metric: `{decision.primary_metric}` = **{decision.candidate:.4f}**",
+        f"- compared with production: `{production_version}`" if production_version else "- no production version yet",
+        "",
+        "## Decision",
+        "",
+        *[f"- {reason}" for reason in decision.reasons],
+        "",
+        "## Metrics (candidate vs production vs base)",
+        "",
+        _table(
+            comparison_rows({"candidate": candidate, f"production {production_version or ''}".strip(): production, "base": base}),
+            ["model", "domain", *COLUMNS],
+        ),
+        "## Sample answers",
+        "",
+        _table([s.model_dump() for s in candidate.samples], ["domain", "question", "reference", "prediction", "token_f1"]),
+    ]
+    return "\n".join(lines)
+
+
+def model_card(*, version: str, manifest_fields: dict[str, Any], metrics: MetricSet, report: str) -> str:
+    lineage = manifest_fields["lineage"]
+    adapter = lineage["method"] != "full"
+    loader_module, loader = ("peft", "AutoPeftModelForCausalLM") if adapter else ("transformers", "AutoModelForCausalLM")
+    return "\n".join(
+        [
+            f"# {version}",
+            "",
+            f"A {lineage['method']} fine-tune of `{lineage['base_model']}` made by Fragua.",
+            "",
+            "## Data",
+            "",
+            f"- dataset version `{lineage['dataset_id']}`: {lineage['dataset_counts']}",
+            f"- parent version: {lineage.get('parent_version') or 'none'}",
+            "",
+            "## Metrics on the validation split",
+            "",
+            _table([{c: getattr(metrics, c) for c in COLUMNS}], list(COLUMNS)),
+            "## Intended use",
+            "",
+            "Answering questions in the domains of its training data, in the style of those answers. "
+            "It inherits the limitations of its base model; check the validation report before relying on it.",
+            "",
+            "## How to load",
+            "",
+            "```python",
+            f"from {loader_module} import {loader}",
+            "from transformers import AutoTokenizer",
+            "",
+            f"model = {loader}.from_pretrained(\"PATH/TO/{version}\")",
+            "tokenizer = AutoTokenizer.from_pretrained(\"PATH/TO/" + version + "\")  # carries the chat template",
+            "```",
+            "",
+            "or `fragua versions` / `fragua rollback` to manage it in the registry.",
+            "",
+            "## Validation report",
+            "",
+            report,
+        ]
+    )
+
+
+def dataset_summary(manifest: Any) -> str:
+    """Markdown for a dataset version: counts per split, domain and source, quarantine."""
+    sources = [
+        {"file": s.path, "format": s.format, "rows": s.rows, "kept": s.kept, "duplicates": s.duplicates, "quarantined": s.quarantined}
+        for s in manifest.sources
+    ]
+    domains = [{"domain": d, **{split: counts.get(split, 0) for split in ("train", "validation")}} for d, counts in manifest.domains.items()]
+    lines = [
+        f"# Dataset version `{manifest.id}`",
+        "",
+        f"- records per split: {manifest.counts}",
+        f"- records per origin: {manifest.origins}",
+        f"- parent version: `{manifest.parent}`" if manifest.parent else "- parent version: none (ingested)",
+        f"- quarantined rows: {manifest.quarantined}" + (f" (see `{manifest.quarantine_file}`)" if manifest.quarantine_file else ""),
+        f"- stored at `{manifest.path}`",
+        "",
+        "## Domains",
+        "",
+        _table(domains, ["domain", "train", "validation"]),
+        "## Sources",
+        "",
+        _table(sources, ["file", "format", "rows", "kept", "duplicates", "quarantined"]),
+    ]
+    if expansion := manifest.report.get("expansion"):
+        lines += ["## Expansion", "", "```json", json.dumps(expansion, indent=2, ensure_ascii=False), "```", ""]
+    return "\n".join(lines)
+
+
+def training_summary(report: Any) -> str:
+    evals = [
+        {"epoch": entry.get("epoch"), "step": entry.get("step"), "eval_loss": entry["eval_loss"]}
+        for entry in report.log_history
+        if "eval_loss" in entry
+    ]
+    lines = [
+        f"# Training run `{report.run_id}`",
+        "",
+        f"- base model: `{report.base_model}` ({report.base_parameters:,} parameters), method `{report.method}`",
+        f"- {report.global_step} optimiser steps, {report.epochs:g} epochs, {report.seconds:.1f} s",
+        f"- train loss {report.train_loss}, validation loss {report.eval_loss}",
+        f"- {report.examples} examples, {report.trained_tokens} answer tokens; {report.truncated} truncated, {report.dropped} dropped (no answer left after truncation)",
+        f"- resumed from `{report.resumed_from}`" if report.resumed_from else "- started from scratch",
+        f"- tracking run: {report.tracking_run or 'disabled'}",
+        "",
+        _table(evals, ["epoch", "step", "eval_loss"]) if evals else "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,431 @@
+"""One typed settings model for every Fragua flow, task and CLI command.
+
+Sources, highest precedence first: arguments (flow parameters, CLI ``--set``) >
+environment (``FRAGUA_TRAIN__LEARNING_RATE=…``) > a TOML/YAML settings file > a shipped
+profile > the defaults below, which are tuned so that the embedded demo (tiny local base
+model, shipped example data) runs end to end in minutes on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
+
+ENV_PREFIX = "FRAGUA_"
+ENV_NESTED_DELIMITER = "__"
+PROFILE_ENV = "FRAGUA_PROFILE"
+SETTINGS_FILE_ENV = "FRAGUA_SETTINGS_FILE"
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def resource_path(*parts: str) -> Path:
+    """Path of a file shipped inside the package (example data, corpus, profiles)."""
+    return Path(str(resources.files("fragua"))).joinpath(*parts)
+
+
+def shipped_profiles() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(resource_path("profiles").glob("*.toml"))}
+
+
+def check_name(value: str, what: str) -> str:
+    """Reject names that could escape a registry prefix or a work directory."""
+    if not NAME_PATTERN.fullmatch(value) or ".." in value:
+        raise ValueError(
+            f"invalid {what} {value!r}: use letters, digits, '.', '_' and '-' only "
+            "(no '/', '..', spaces or control characters), at most 100 characters"
+        )
+    return value
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceSpec(Section):
+    path: str = Field(description="A file (JSONL, JSON, CSV, Parquet) or a folder of such files.")
+    format: Literal["auto", "alpaca", "prompt_completion", "chat", "multiple_choice"] = Field(
+        "auto", description="Row format; 'auto' detects it from the first rows' keys."
+    )
+    domain: str | None = Field(
+        None, description="Domain for rows without a 'domain' field; None falls back to 'general'."
+    )
+
+
+def default_sources() -> list[SourceSpec]:
+    return [SourceSpec(path=str(resource_path("resources", "examples")))]
+
+
+class DataSettings(Section):
+    """Where examples come from and how they are cleaned and split."""
+
+    sources: list[SourceSpec] = Field(
+        default_factory=default_sources,
+        min_length=1,
+        description="Input files or folders; defaults to the example data shipped with Fragua.",
+    )
+    validation_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Share of examples held out for validation, assigned by a hash of each example's group so it never changes as data grows."
+    )
+    split_seed: int = Field(13, ge=0, description="Salt of the split hash; change it to draw a different validation set.")
+    min_chars: int = Field(1, ge=1, description="Shortest question or answer kept, in characters, after stripping whitespace.")
+    max_chars: int = Field(20_000, ge=1, description="Longest message kept, in characters; longer rows are quarantined.")
+    dedupe: bool = Field(True, description="Drop exact duplicates after normalising case and whitespace (counted, not quarantined).")
+    max_rejected_fraction: float = Field(
+        0.5, ge=0.0, le=1.0, description="Fail ingest when more than this share of a file's rows is quarantined: the file is probably in the wrong format."
+    )
+
+    @model_validator(mode="after")
+    def _lengths(self) -> DataSettings:
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"data.min_chars ({self.min_chars}) must not exceed data.max_chars ({self.max_chars})")
+        return self
+
+
+class ExpandSettings(Section):
+    """Augmentation of the train split only (the validation split is never expanded)."""
+
+    expansion_factor: float = Field(
+        1.0, ge=1.0, le=20.0, description="Target size of the expanded train split relative to the original; 1.0 disables expansion."
+    )
+    strategies: list[Literal["mcq_permutation"]] = Field(
+        default_factory=lambda: ["mcq_permutation"],
+        description="Enabled strategies. mcq_permutation shuffles multiple-choice options and remaps the answer letter.",
+    )
+    seed: int = Field(17, ge=0, description="Seed of the augmentation; the same seed gives the same expanded dataset.")
+
+
+class LoraSettings(Section):
+    r: int = Field(64, ge=1, le=1024, description="Adapter rank: higher learns more, costs more memory. 64 suits the tiny model learning from scratch; 8-32 is typical for pretrained ones.")
+    alpha: int = Field(128, ge=1, description="Scaling numerator; the update is scaled by alpha / r (2 here).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input; raise it against overfitting on small data.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or 'all-linear' for every linear layer except the output head."
+    )
+
+
+class QuantSettings(Section):
+    bits: Literal[4, 8] = Field(4, description="Weight precision of the frozen base model for method 'qlora'.")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type; NF4 suits normally distributed weights.")
+    double_quant: bool = Field(True, description="Also quantise the quantisation constants (saves ~0.4 bit per weight).")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="Dtype of the matmuls on dequantised weights.")
+
+
+class TinyBaseSettings(Section):
+    """Shape of the random-init local base model built by ``fragua init-base``."""
+
+    vocab_size: int = Field(2048, ge=300, le=65_536, description="BPE vocabulary size of the tokenizer trained on the shipped corpus.")
+    hidden_size: int = Field(128, ge=16, description="Model width.")
+    intermediate_size: int = Field(352, ge=16, description="MLP width.")
+    num_layers: int = Field(2, ge=1, description="Transformer blocks.")
+    num_heads: int = Field(4, ge=1, description="Attention heads; must divide hidden_size.")
+    max_position_embeddings: int = Field(512, ge=64, description="Longest sequence the model accepts.")
+    init_std: float = Field(
+        0.1, gt=0.0, le=1.0,
+        description="Std of the random weights. Larger than the usual 0.02 because adapters cannot retrain the frozen embeddings: with 0.02 the tied output head cannot produce confident predictions at all.",
+    )
+    seed: int = Field(0, ge=0, description="Seed of the weight initialisation.")
+
+    @model_validator(mode="after")
+    def _heads(self) -> TinyBaseSettings:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"train.tiny.hidden_size ({self.hidden_size}) must be divisible by train.tiny.num_heads ({self.num_heads})")
+        return self
+
+
+class TrainSettings(Section):
+    base_model: str | None = Field(
+        None,
+        description="Hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct) or local folder; None uses the tiny local base under work_dir/base, built on first use.",
+    )
+    method: Literal["lora", "dora", "qlora", "full"] = Field(
+        "lora", description="lora/dora: adapters on a frozen base; qlora: adapters on a 4/8-bit base (bitsandbytes); full: every weight trains."
+    )
+    epochs: float = Field(12.0, gt=0, le=1000, description="Passes over the train split; a few hundred examples need many.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps (overrides epochs).")
+    learning_rate: float = Field(5e-3, gt=0, le=1.0, description="Peak learning rate. The default suits adapters on the random-init tiny model; pretrained models want ~1e-4 to 2e-4.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field("cosine", description="Learning-rate schedule after warmup.")
+    warmup_ratio: float = Field(0.05, ge=0.0, le=0.5, description="Share of steps spent warming the learning rate up from 0.")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="Decoupled weight decay (AdamW).")
+    batch_size: int = Field(16, ge=1, le=4096, description="Examples per device per step; lower it when memory runs out.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Steps whose gradients add up before an update: effective batch = batch_size × this.")
+    max_seq_length: int = Field(256, ge=16, le=131_072, description="Tokens per example; longer examples are truncated (and counted).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, ~30% slower.")
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = Field("sdpa", description="Attention kernel; flash_attention_2 needs the flash-attn package and a GPU.")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every N optimiser steps; a retried run resumes from the newest complete one.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk per run.")
+    logging_steps: int = Field(10, ge=1, description="Log loss, learning rate and throughput every N steps.")
+    seed: int = Field(42, ge=0, description="Seed of adapter init, shuffling and dropout; same seed on CPU gives the same loss curve.")
+    trust_remote_code: bool = Field(False, description="Allow model repositories to run their own Python code. Only for sources you trust.")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="Adapter shape (methods lora, dora, qlora).")
+    quant: QuantSettings = Field(default_factory=QuantSettings, description="Base-model quantisation (method qlora).")
+    tiny: TinyBaseSettings = Field(default_factory=TinyBaseSettings, description="Shape of the built-in tiny base model.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainSettings:
+        if self.attn_implementation == "flash_attention_2" and self.precision == "fp32":
+            raise ValueError("train.attn_implementation 'flash_attention_2' needs train.precision 'bf16', 'fp16' or 'auto' (it has no fp32 kernels)")
+        if isinstance(self.lora.target_modules, list) and not self.lora.target_modules:
+            raise ValueError("train.lora.target_modules is empty: name the modules to adapt or use 'all-linear'")
+        return self
+
+
+class ValidateSettings(Section):
+    primary_metric: Literal["token_f1", "exact_match"] = Field(
+        "token_f1", description="Score in [0, 1] that min_score and the regression check apply to."
+    )
+    min_score: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="The candidate's primary metric must reach this. The default is the tiny demo model's bar; the production profile uses the seeds' 0.8.",
+    )
+    max_perplexity: float | None = Field(None, gt=1.0, description="Optional ceiling on validation perplexity.")
+    require_beat_base: bool = Field(True, description="The candidate must have lower validation loss than the untrained base model.")
+    regression_tolerance: float = Field(
+        0.05, ge=0.0, le=1.0, description="Largest drop of the primary metric vs the production version on the same validation set."
+    )
+    max_new_tokens: int = Field(48, ge=1, le=4096, description="Generation budget per validation answer.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Examples per evaluation batch.")
+    max_examples: int | None = Field(None, ge=1, description="Evaluate at most this many validation examples (a deterministic prefix).")
+
+
+class RegistrySettings(Section):
+    backend: Literal["local"] = Field("local", description="Where versions live; 'local' is a directory (work_dir/registry unless root is set).")
+    root: Path | None = Field(None, description="Directory of the local registry; None means work_dir/registry.")
+    model_name: str = Field("fragua", description="Name of the model family: versions are <model_name>-<size>-v<N>.")
+    size_label: str = Field("auto", description="Size in version names; 'auto' reads the parameter count ('tiny' under 50M, else e.g. '500m', '7b').")
+    auto_deploy: bool = Field(True, description="Move the 'production' alias to a version that passes validation; off, versions are only registered.")
+
+    @field_validator("model_name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value, "registry.model_name")
+
+    @field_validator("size_label")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        return check_name(value, "registry.size_label")
+
+
+class TrackingSettings(Section):
+    mode: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="W&B mode: offline writes runs under work_dir/wandb for 'wandb sync'; online needs an API key."
+    )
+    project: str = Field("fragua", description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity (team or user); None uses the key's default.")
+    api_key: SecretStr | None = Field(None, description="W&B API key for online mode; else api_key_block or WANDB_API_KEY is used.")
+    api_key_block: str | None = Field(
+        None, description="Name of a Prefect Secret block holding the W&B API key (see `fragua blocks save-wandb-key`)."
+    )
+
+    @model_validator(mode="after")
+    def _key(self) -> TrackingSettings:
+        if self.api_key is not None and self.api_key_block is not None:
+            raise ValueError("set tracking.api_key or tracking.api_key_block, not both")
+        if self.mode == "online" and self.api_key is None and self.api_key_block is None and not os.environ.get("WANDB_API_KEY"):
+            raise ValueError(
+                "tracking.mode 'online' needs tracking.api_key (FRAGUA_TRACKING__API_KEY), tracking.api_key_block or WANDB_API_KEY"
+            )
+        return self
+
+
+class IntakeSettings(Section):
+    database_url: str | None = Field(None, description="SQLAlchemy URL of the intake queue; None means SQLite at work_dir/intake.db.")
+    min_new_examples: int = Field(10, ge=1, description="autotrain runs the pipeline once this many new examples are pending.")
+
+
+_selected_files: ContextVar[tuple[Path, ...] | None] = ContextVar("fragua_settings_files", default=None)
+
+
+def _settings_files() -> tuple[Path, ...]:
+    """Profile then settings file, lowest precedence first."""
+    chosen = _selected_files.get()
+    if chosen is not None:
+        return chosen
+    return resolve_files(os.environ.get(PROFILE_ENV) or None, os.environ.get(SETTINGS_FILE_ENV) or None)
+
+
+def resolve_files(profile: str | None, settings_file: str | Path | None) -> tuple[Path, ...]:
+    files: list[Path] = []
+    if profile:
+        profiles = shipped_profiles()
+        if profile not in profiles:
+            raise ValueError(f"unknown profile {profile!r}; shipped profiles: {', '.join(profiles)}")
+        files.append(profiles[profile])
+    if settings_file:
+        path = Path(settings_file)
+        if not path.is_file():
+            raise ValueError(f"settings file {path} does not exist")
+        if path.suffix.lower() not in {".toml", ".yaml", ".yml"}:
+            raise ValueError(f"settings file {path} must end in .toml, .yaml or .yml")
+        files.append(path)
+    return tuple(files)
+
+
+def _file_source(settings_cls: type[BaseSettings], path: Path) -> PydanticBaseSettingsSource:
+    if path.suffix.lower() == ".toml":
+        return TomlConfigSettingsSource(settings_cls, toml_file=path)
+    return YamlConfigSettingsSource(settings_cls, yaml_file=path)
+
+
+# The section is called "validate" as the contract says; it shadows pydantic's deprecated
+# ``BaseModel.validate`` classmethod only on instances, which nothing here calls.
+warnings.filterwarnings("ignore", message='Field name "validate"', category=UserWarning)
+
+
+class Settings(BaseSettings):
+    """Everything a Fragua run needs; the Prefect UI renders it as the flows' parameter form."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    work_dir: Path = Field(Path(".fragua"), description="Where base models, datasets, runs, the local registry and W&B files go.")
+    data: DataSettings = Field(default_factory=DataSettings, description="Sources, cleaning and split.")
+    expand: ExpandSettings = Field(default_factory=ExpandSettings, description="Train-split augmentation.")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="Base model, method and hyperparameters.")
+    validate: ValidateSettings = Field(default_factory=ValidateSettings, description="Metrics and promotion gates.")
+    registry: RegistrySettings = Field(default_factory=RegistrySettings, description="Model registry and deployment.")
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings, description="Weights & Biases logging.")
+    intake: IntakeSettings = Field(default_factory=IntakeSettings, description="Queue of new examples for autotrain.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        files = [_file_source(settings_cls, path) for path in reversed(_settings_files())]
+        return (init_settings, env_settings, *files)
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> Settings:
+        if self.validate.max_new_tokens >= self.train.max_seq_length:
+            raise ValueError(
+                f"validate.max_new_tokens ({self.validate.max_new_tokens}) must be below "
+                f"train.max_seq_length ({self.train.max_seq_length}) so prompts still fit"
+            )
+        if self.train.base_model is None and self.train.max_seq_length > self.train.tiny.max_position_embeddings:
+            raise ValueError(
+                f"train.max_seq_length ({self.train.max_seq_length}) exceeds what the tiny base model accepts "
+                f"(train.tiny.max_position_embeddings = {self.train.tiny.max_position_embeddings})"
+            )
+        return self
+
+    @classmethod
+    def load(
+        cls, *, profile: str | None = None, settings_file: str | Path | None = None, **overrides: Any
+    ) -> Settings:
+        """Build settings from a profile and/or file plus explicit overrides (which win over env)."""
+        profile = profile or os.environ.get(PROFILE_ENV) or None
+        settings_file = settings_file or os.environ.get(SETTINGS_FILE_ENV) or None
+        with using_files(resolve_files(profile, settings_file)):
+            return cls(**overrides)
+
+    # Derived locations ------------------------------------------------------------------
+
+    @property
+    def work_path(self) -> Path:
+        return self.work_dir.expanduser().resolve()
+
+    @property
+    def tiny_base_path(self) -> Path:
+        return self.work_path / "base" / "fragua-tiny"
+
+    @property
+    def datasets_path(self) -> Path:
+        return self.work_path / "datasets"
+
+    @property
+    def runs_path(self) -> Path:
+        return self.work_path / "runs"
+
+    @property
+    def registry_path(self) -> Path:
+        root = self.registry.root
+        return root.expanduser().resolve() if root else self.work_path / "registry"
+
+    @property
+    def intake_url(self) -> str:
+        return self.intake.database_url or f"sqlite:///{self.work_path / 'intake.db'}"
+
+    @property
+    def base_model_ref(self) -> str:
+        return self.train.base_model or str(self.tiny_base_path)
+
+    def redacted(self) -> dict[str, Any]:
+        """JSON-safe dump with every secret masked: what goes to W&B, manifests and artifacts."""
+        return self.model_dump(mode="json")
+
+    def fingerprint(self, *sections: str) -> str:
+        """Stable hash of the named sections (or all), for run ids and cache keys."""
+        dump = self.redacted()
+        chosen = {name: dump[name] for name in sections} if sections else dump
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()
+
+
+@contextmanager
+def using_files(files: tuple[Path, ...]) -> Iterator[None]:
+    token = _selected_files.set(files)
+    try:
+        yield
+    finally:
+        _selected_files.reset(token)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn CLI ``--set train.epochs=2`` pairs into a nested dict; values parse as JSON when they can."""
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects SECTION.FIELD=VALUE, got {pair!r}")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = result
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {pair!r} conflicts with another --set for {part!r}")
+        node[leaf] = value
+    return result
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per bad field, naming its dotted path, the value given and how to set it."""
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "settings"
+        env = ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(p).upper() for p in item["loc"] if not isinstance(p, int))
+        given = item.get("input")
+        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"{path}: {item['msg']}{shown} [set it with --set {path}=…, {env}, or a settings file]")
+    return "invalid settings:\n  " + "\n  ".join(lines)

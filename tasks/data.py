@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from fragua import jobs
+from fragua.dataset_store import DatasetManifest
+from fragua.settings import Settings
+
+from . import STORAGE_RETRY_DELAYS, transient_only
+
+
+@task(name="ingest-sources", retries=2, retry_delay_seconds=STORAGE_RETRY_DELAYS[:2], retry_condition_fn=transient_only, cache_policy=NO_CACHE)
+def ingest_task(settings: Settings) -> DatasetManifest:
+    manifest = jobs.ingest_sources(settings)
+    get_run_logger().info(
+        "dataset %s: %s, %d quarantined", manifest.id, manifest.counts, manifest.quarantined
+    )
+    return manifest
+
+
+@task(name="expand-train-split", retries=1, retry_delay_seconds=2, retry_condition_fn=transient_only, cache_policy=NO_CACHE)
+def expand_task(settings: Settings, dataset_id: str) -> DatasetManifest:
+    manifest = jobs.expand_dataset(settings, dataset_id)
+    get_run_logger().info("dataset %s -> %s: %s", dataset_id, manifest.id, manifest.report.get("expansion", "unchanged"))
+    return manifest

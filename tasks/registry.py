@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from fragua import jobs
+from fragua.evaluation import Evaluation
+from fragua.registry import AliasState, VersionManifest
+from fragua.settings import Settings
+
+from . import STORAGE_RETRY_DELAYS, transient_only
+
+_STORAGE = dict(retries=3, retry_delay_seconds=STORAGE_RETRY_DELAYS, retry_condition_fn=transient_only, cache_policy=NO_CACHE)
+
+
+@task(name="load-run", cache_policy=NO_CACHE)
+def load_run_task(settings: Settings, run_id: str | None) -> dict[str, Any]:
+    return jobs.load_run(settings, run_id)
+
+
+@task(name="production-version", **_STORAGE)
+def production_task(settings: Settings) -> AliasState | None:
+    state = jobs.production_state(settings)
+    get_run_logger().info("production: %s", state.version if state else "none yet")
+    return state
+
+
+@task(name="fetch-version", **_STORAGE)
+def fetch_task(settings: Settings, version: str) -> Path:
+    return jobs.fetch_version(settings, version)
+
+
+@task(name="record-validation", cache_policy=NO_CACHE)
+def record_validation_task(
+    settings: Settings,
+    run_id: str,
+    dataset_id: str,
+    candidate: Evaluation,
+    base: Evaluation | None,
+    production: Evaluation | None,
+    production_version: str | None,
+) -> jobs.ValidationOutcome:
+    outcome = jobs.record_validation(settings, run_id, dataset_id, candidate, base, production, production_version)
+    logger = get_run_logger()
+    logger.info("validation %s", "passed" if outcome.decision.passed else "FAILED")
+    for reason in outcome.decision.reasons:
+        logger.info(reason)
+    return outcome
+
+
+@task(name="load-validation", cache_policy=NO_CACHE)
+def load_validation_task(settings: Settings, run_id: str) -> jobs.ValidationOutcome:
+    return jobs.load_validation(settings, run_id)
+
+
+@task(name="publish-version", **_STORAGE)
+def publish_task(settings: Settings, run_id: str, flow_run_id: str | None) -> VersionManifest:
+    manifest = jobs.publish_run(settings, run_id, flow_run_id=flow_run_id)
+    get_run_logger().info("published %s (%d files)", manifest.version, len(manifest.files))
+    return manifest
+
+
+@task(name="verify-version", **_STORAGE)
+def verify_task(settings: Settings, version: str) -> str:
+    answer = jobs.verify_version(settings, version)
+    get_run_logger().info("smoke check of %s answered: %r", version, answer)
+    return answer
+
+
+@task(name="promote-version", **_STORAGE)
+def promote_task(settings: Settings, version: str, expected_production: str | None, reason: str, actor: str | None) -> AliasState:
+    state = jobs.promote_version(settings, version, expected_production=expected_production, reason=reason, actor=actor)
+    get_run_logger().info("production -> %s (previous: %s)", state.version, state.previous)
+    return state
+
+
+@task(name="rollback", **_STORAGE)
+def rollback_task(settings: Settings, to: str | None, actor: str | None) -> AliasState:
+    state = jobs.rollback(settings, to, actor=actor)
+    get_run_logger().info("production rolled back %s -> %s", state.previous, state.version)
+    return state

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from fragua.cli import app
+
+runner = CliRunner()
+
+
+def test_invalid_setting_from_environment_stops_before_any_work(tmp_path):
+    work = tmp_path / "work"
+    result = runner.invoke(app, ["--work-dir", str(work), "ingest"], env={"FRAGUA_TRAIN__LEARNING_RATE": "-1"})
+    assert result.exit_code == 2
+    assert "train.learning_rate" in result.output and "greater than 0" in result.output
+    assert not work.exists()
+
+
+def test_invalid_set_override_names_the_field(tmp_path):
+    result = runner.invoke(app, ["--work-dir", str(tmp_path), "--set", "validate.min_score=2", "run"])
+    assert result.exit_code == 2
+    assert "validate.min_score" in result.output
+
+
+def test_unknown_profile_is_reported(tmp_path):
+    result = runner.invoke(app, ["--profile", "staging", "versions"])
+    assert result.exit_code == 2 and "unknown profile 'staging'" in result.output
+
+
+def test_versions_on_an_empty_registry(tmp_path):
+    result = runner.invoke(app, ["--work-dir", str(tmp_path), "versions"])
+    assert result.exit_code == 0, result.output
+    assert "production -> none" in result.output
+
+
+def test_a_failing_flow_prints_one_clear_error_and_no_traceback(tmp_path):
+    # A real process: what a user sees on the terminal, Prefect's own run logs included.
+    result = subprocess.run(
+        [sys.executable, "-m", "fragua.cli", "--work-dir", str(tmp_path), "rollback"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "error: nothing to roll back: no production version" in output
+    assert "Traceback" not in output
+
+
+def test_init_base_builds_a_loadable_model(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = runner.invoke(app, ["--work-dir", str(tmp_path), "init-base"])
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "base" / "fragua-tiny"
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert model.config.model_type == "llama" and model.config.vocab_size == len(tokenizer)
+    assert tokenizer.chat_template and tokenizer.pad_token and tokenizer.eos_token == "<|im_end|>"
+    again = runner.invoke(app, ["--work-dir", str(tmp_path), "--set", "train.tiny.vocab_size=1000", "init-base"])
+    assert again.exit_code == 1 and "init-base --force" in again.output
