@@ -240,6 +240,8 @@ def build_model(
     # Training needs no KV cache, and with one transformers skips its packed-sequence masks
     # (eager/sdpa would let packed examples attend to each other).
     model.config.use_cache = False
+    if settings.method == "qlora":
+        keep_cpu_4bit_training_layout(model)
     known = model.get_input_embeddings().num_embeddings
     new_token_ids = list(range(known, len(tokenizer)))
     if new_token_ids:
@@ -258,6 +260,19 @@ def build_model(
     if init_adapter is not None:
         return BuiltModel(PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True), parameters, plan, added)
     return BuiltModel(get_peft_model(model, _peft_config(settings, new_token_ids)), parameters, plan, added)
+
+
+def keep_cpu_4bit_training_layout(model: Any) -> None:
+    """Stop bitsandbytes repacking 4-bit weights for CPU inference during training.
+
+    On CPUs with AVX512-BF16, the first no-grad forward in eval mode (the batching probe, every
+    evaluation) repacks a Linear4bit's weights in place into an inference layout. That layout
+    needs in_features divisible by the quantisation block size (it crashes otherwise), and
+    training after it leaves the LoRA weights unchanged. The training layout serves both.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def training_arguments(
