@@ -319,6 +319,8 @@ def training_arguments(
         remove_unused_columns=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=pick_device() == "cuda",
+        # Without it accelerate does not set up several CPU processes (torchrun) as data parallel.
+        use_cpu=pick_device() == "cpu",
     )
 
 
