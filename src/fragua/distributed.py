@@ -13,7 +13,7 @@ from typing import Any, Callable
 from .records import Record
 from .settings import TrainSettings
 from .train_worker import PROGRESS_PREFIX
-from .training import TrainReport
+from .training import TrainReport, announce_progress
 
 
 class DistributedTrainingError(RuntimeError):
@@ -72,8 +72,10 @@ def train_distributed(
         assert process.stdout is not None
         for line in process.stdout:
             if line.startswith(PROGRESS_PREFIX):
+                event = json.loads(line[len(PROGRESS_PREFIX):])
+                announce_progress(event)
                 if progress:
-                    progress(json.loads(line[len(PROGRESS_PREFIX):]))
+                    progress(event)
             else:
                 tail.append(line.rstrip())
     if process.returncode != 0 or not report_path.is_file():

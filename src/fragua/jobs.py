@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +21,7 @@ from .evaluation import Evaluation, evaluate
 from .expand import expand_train
 from .gates import Decision, decide
 from .ingest import ingest
+from .hpo import HpoPlan, HpoResult, Trial, TrialResult, best_trial, sample_trials, trial_rows, trial_settings
 from .incremental import select_incremental
 from .modeling import ModelLoadError, is_adapter, load_for_inference
 from .records import Record
@@ -219,6 +221,54 @@ def train_model(
         report.tracking_run = tracker.reference
     finished.write_text(report.model_dump_json(indent=2))
     return report
+
+
+# Hyperparameter search -------------------------------------------------------------------
+
+
+def plan_hpo(settings: Settings, dataset_id: str) -> HpoPlan:
+    """The trials to run and the search's deadline; fails at once when nothing can be scored."""
+    dataset = dataset_store.find_dataset(settings.datasets_path, dataset_id)
+    if not dataset.counts.get("validation"):
+        raise ValueError(f"dataset {dataset.id} has no validation examples, so trials cannot be compared; raise data.validation_fraction")
+    return HpoPlan(dataset_id=dataset.id, trials=sample_trials(settings.hpo), deadline=time.time() + settings.hpo.time_budget_minutes * 60)
+
+
+def run_trial(settings: Settings, dataset_id: str, trial: Trial, deadline: float) -> TrialResult:
+    """Train one trial (a normal run: resumable, tracked) and score it by validation loss."""
+    if time.time() >= deadline:
+        return TrialResult(trial=trial, status="skipped (time budget)")
+    try:
+        report = train_model(trial_settings(settings, trial), dataset_id, deadline=deadline, job_type="hpo-trial")
+    except (RuntimeError, ValueError) as exc:
+        return TrialResult(trial=trial, status=f"failed: {exc}")
+    return TrialResult(
+        trial=trial,
+        status="stopped by time budget" if report.stopped_by_time_budget else "finished",
+        run_id=report.run_id,
+        eval_loss=report.eval_loss,
+        train_loss=report.train_loss,
+        global_step=report.global_step,
+        seconds=report.seconds,
+    )
+
+
+def record_hpo(settings: Settings, dataset_id: str, results: list[TrialResult]) -> HpoResult:
+    """Pick the best trial, write the search's result file and log every trial to tracking."""
+    best = best_trial(results)
+    folder = settings.work_path / "hpo"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"hpo-{dataset_id[:12]}-{settings.fingerprint('train', 'hpo')[:8]}"
+    with tracking_run(settings.tracking, settings.work_path, name=name, job_type="hpo", config=settings.redacted()) as tracker:
+        tracker.log_table("trials", trial_rows(results))
+        if best:
+            tracker.summarize({"best_trial": best.trial.number, "best_eval_loss": best.eval_loss, "best_run_id": best.run_id,
+                               **{f"best_{k}": v for k, v in best.trial.model_dump().items() if k != "number"}})
+        outcome = HpoResult(dataset_id=dataset_id, trials=results, best=best, tracking_run=tracker.reference)
+    path = folder / f"{name}.json"
+    outcome.report_path = str(path)
+    path.write_text(outcome.model_dump_json(indent=2))
+    return outcome
 
 
 def load_run(settings: Settings, run_id: str | None) -> dict[str, Any]:

@@ -99,6 +99,16 @@ def latest_complete_checkpoint(checkpoints_dir: Path) -> Path | None:
     return max(complete, key=checkpoint_step, default=None)
 
 
+def announce_progress(event: dict[str, Any]) -> None:
+    """Log a progress event; the record carries it as ``record.progress`` (the CLI's progress bar reads it)."""
+    logger.info(
+        "step %s/%s loss %.4f lr %.2e %s tokens/s eta %ss",
+        event["step"], event["max_steps"], event["loss"], event["learning_rate"],
+        event.get("tokens_per_second") or "-", event["eta_seconds"],
+        extra={"progress": event},
+    )
+
+
 class Throughput:
     """Non-padding tokens per second between two logging steps."""
 
@@ -166,12 +176,7 @@ def _callbacks(progress: Callable[[dict[str, Any]], None] | None, throughput: Th
                 "tokens_per_second": logs.get("tokens_per_second"),
                 "eta_seconds": round(remaining, 1),
             }
-            logger.info(
-                "step %s/%s loss %.4f lr %.2e %s tokens/s eta %ss",
-                event["step"], event["max_steps"], event["loss"], event["learning_rate"],
-                event["tokens_per_second"] or "-", event["eta_seconds"],
-                extra={"progress": event},
-            )
+            announce_progress(event)
             if progress:
                 progress(event)
 
