@@ -152,6 +152,11 @@ def load_causal_lm(name_or_path: str, settings: TrainSettings, *, for_training: 
         "use_safetensors": None if extra else True,
         **extra,
     }
+    if "gguf_file" in extra:
+        from transformers import GgufConfig
+
+        # Unpacked into ordinary torch weights: what training (and peft) needs.
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
     if for_training and settings.method == "qlora":
         kwargs["quantization_config"] = quantization_config(settings)
         kwargs["device_map"] = {"": 0} if pick_device() == "cuda" else {"": "cpu"}
@@ -162,6 +167,11 @@ def load_causal_lm(name_or_path: str, settings: TrainSettings, *, for_training: 
             f"cannot load model {name_or_path!r}: {exc}. Fragua loads safetensors weights only; "
             "check the id or path, or run `fragua init-base` for the tiny local base model."
         ) from exc
+    if "gguf_file" in extra:
+        # The weights are plain tensors now; the GGUF marker would make the Trainer refuse them.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     if "device_map" not in kwargs:
         model.to(pick_device())
     return model
