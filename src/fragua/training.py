@@ -341,11 +341,13 @@ def train(
     progress: Callable[[dict[str, Any]], None] | None = None,
     init_adapter: Path | None = None,
     deadline: float | None = None,
+    extra_callbacks: list[Any] | None = None,
 ) -> TrainReport:
     """Train (or resume) one run and save the adapter (or full model) with its tokenizer.
 
     ``init_adapter`` continues training a saved adapter (incremental training) instead of
-    creating fresh adapters; ``deadline`` (a ``time.time()`` value) stops training early.
+    creating fresh adapters; ``deadline`` (a ``time.time()`` value) stops training early;
+    ``extra_callbacks`` are more TrainerCallbacks (the benchmark's meter).
     """
     from datasets import Dataset
     from transformers import EarlyStoppingCallback, PrinterCallback, set_seed
@@ -375,7 +377,7 @@ def train(
     has_eval = bool(eval_split.rows)
     throughput = Throughput()
     checkpoint_marker, reporter, time_budget = _callbacks(progress, throughput, deadline)
-    callbacks = [checkpoint_marker, reporter, time_budget]
+    callbacks = [checkpoint_marker, reporter, time_budget, *(extra_callbacks or [])]
     if has_eval and settings.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(settings.early_stopping_patience, settings.early_stopping_threshold))
     trainer = _trainer_class()(
