@@ -6,7 +6,7 @@ in the same process, alternating runs. The baseline is the usual recipe: random 
 padded to their longest example, ``sdpa`` attention. Throughput counts non-padding tokens
 per second of the training loop (the same callback measures both).
 
-    .venv/bin/python bench/train_throughput.py [--steps 20] [--repeats 2] [--examples 256]
+    .venv/bin/python bench/train_throughput.py [--steps 20] [--repeats 2] [--examples 256] [--threads N]
 """
 
 from __future__ import annotations
@@ -118,7 +118,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="optimiser steps per run")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each, alternating")
     parser.add_argument("--examples", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     options = parser.parse_args()
+    if options.threads:
+        torch.set_num_threads(options.threads)
     from fragua.modeling import quiet_transformers
 
     quiet_transformers()
