@@ -189,7 +189,8 @@ class _ProgressBarHandler(logging.Handler):
         event = getattr(record, "progress", None)
         if not event:
             return
-        if self.task is None:
+        if self.task is None or event["step"] < self.progress.tasks[-1].completed:
+            # First event, or a new run began (the next trial of a hyperparameter search).
             self.task = self.progress.add_task("training", total=event["max_steps"])
         description = f"loss {event['loss']:.4f}  {event.get('tokens_per_second') or '-'} tok/s"
         self.progress.update(self.task, completed=event["step"], total=event["max_steps"], description=description)
