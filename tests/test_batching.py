@@ -87,5 +87,6 @@ def test_padding_free_training_follows_the_padded_loss_curve(tiny_base, tmp_path
     padded, padded_report = losses("padded")
     assert free == pytest.approx(padded, rel=2e-3)
     assert free_report.batching.startswith("padding-free") and padded_report.batching.startswith("padded")
+    assert "output head on answer tokens only" in free_report.batching  # and yet the same losses
     assert free_report.tokens_per_second and padded_report.tokens_per_second
     assert all(e.get("tokens_per_second") for e in free_report.log_history if "loss" in e)

@@ -74,18 +74,65 @@ def packed_attention(configured: str) -> str:
     return VARLEN_SDPA if configured == "sdpa" else configured
 
 
+def answer_positions(labels):
+    """Positions of a flattened row whose next token is trained (the only logits the loss reads)."""
+    import torch
+
+    return torch.nonzero(labels[0, 1:] != IGNORE_INDEX).flatten()
+
+
+class AnswerLogitsCollator:
+    """Adds ``logits_to_keep``: the output head runs on answer positions only, not on prompts."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.inner(features)
+        batch["logits_to_keep"] = answer_positions(batch["labels"])
+        return batch
+
+
+def answer_token_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None):
+    """Cross-entropy of the kept logits against the next tokens they predict (Trainer compute_loss_func).
+
+    Normalised like transformers' own causal-LM loss: by the answer tokens of the whole
+    accumulated batch when the Trainer passes that count, else by this batch's.
+    """
+    from torch.nn.functional import cross_entropy
+
+    shifted = labels[:, 1:]
+    targets = shifted[shifted != IGNORE_INDEX]
+    logits = outputs.logits[0].float()
+    loss = cross_entropy(logits, targets.to(logits.device), reduction="sum")
+    return loss / (num_items_in_batch if num_items_in_batch is not None else max(targets.numel(), 1))
+
+
+def accepts_logits_to_keep(model: Any) -> bool:
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(type(model).forward).parameters
+
+
 @dataclass(frozen=True)
 class BatchingPlan:
     mode: str
     attn_implementation: str
     note: str
+    answer_logits_only: bool = False
 
     def collator(self, tokenizer: Any):
         from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
         if self.mode == "padding_free":
-            return DataCollatorWithFlattening(return_flash_attn_kwargs=True, separator_id=IGNORE_INDEX)
+            flattening = DataCollatorWithFlattening(return_flash_attn_kwargs=True, separator_id=IGNORE_INDEX)
+            return AnswerLogitsCollator(flattening) if self.answer_logits_only else flattening
         return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+
+    @property
+    def loss_function(self):
+        """Trainer compute_loss_func: None keeps the model's own loss."""
+        return answer_token_loss if self.answer_logits_only else None
 
     @property
     def sampling_strategy(self) -> str:
@@ -107,7 +154,11 @@ def plan_batching(model: Any, requested: str, configured_attention: str, probe_r
             VARLEN_SDPA: "per-example causal SDPA",
             "flash_attention_2": "flash-attention varlen kernels",
         }.get(candidate, "a block-diagonal mask from position_ids")
-        return BatchingPlan("padding_free", candidate, f"padding-free batches: examples concatenated, kept apart by {how}")
+        # Prompt positions carry no loss; a model that can keep only some logits skips the
+        # output head (the vocabulary-wide matmul and softmax) there.
+        answer_only = accepts_logits_to_keep(model)
+        note = f"padding-free batches: examples concatenated, kept apart by {how}"
+        return BatchingPlan("padding_free", candidate, note + ("; output head on answer tokens only" if answer_only else ""), answer_only)
     model.set_attn_implementation(configured_attention)
     return BatchingPlan(
         "length_grouped",

@@ -386,6 +386,7 @@ def train(
         train_dataset=Dataset.from_list(train_split.rows),
         eval_dataset=Dataset.from_list(eval_split.rows) if has_eval else None,
         data_collator=built.plan.collator(tokenizer),
+        compute_loss_func=built.plan.loss_function,
         processing_class=tokenizer,
         callbacks=callbacks,
     )
