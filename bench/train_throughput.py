@@ -6,7 +6,7 @@ in the same process, alternating runs. The baseline is the usual recipe: random 
 padded to their longest example, ``sdpa`` attention. Throughput counts non-padding tokens
 per second of the training loop (the same callback measures both).
 
-    .venv/bin/python bench/train_throughput.py [--steps 20] [--repeats 2] [--examples 256] [--threads N]
+    .venv/bin/python bench/train_throughput.py [--steps 20] [--repeats 2] [--examples 256] [--threads N] [--method lora|qlora]
 """
 
 from __future__ import annotations
@@ -59,9 +59,9 @@ def chat_records(tokenizer, count: int, seed: int) -> list[Record]:
     return records
 
 
-def settings_for(steps: int) -> TrainSettings:
+def settings_for(steps: int, method: str) -> TrainSettings:
     """The shared hyperparameters (Fragua's defaults, fixed steps, no checkpoints in the timed loop)."""
-    return TrainSettings(max_steps=steps, batch_size=16, max_seq_length=MAX_TOKENS, save_steps=10_000, logging_steps=steps, seed=0)
+    return TrainSettings(method=method, max_steps=steps, batch_size=16, max_seq_length=MAX_TOKENS, save_steps=10_000, logging_steps=steps, seed=0)
 
 
 def meter():
@@ -95,7 +95,16 @@ def run_baseline(base: Path, rows: list[dict], settings: TrainSettings, work: Pa
 
     set_seed(settings.seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, attn_implementation="sdpa")
+    if settings.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        from fragua.modeling import quantization_config, torch_dtype
+
+        model = AutoModelForCausalLM.from_pretrained(base, attn_implementation="sdpa", dtype=torch_dtype(settings.precision),
+                                                     quantization_config=quantization_config(settings), device_map={"": 0} if torch.cuda.is_available() else {"": "cpu"})
+        model = prepare_model_for_kbit_training(model)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base, attn_implementation="sdpa")
     lora = settings.lora
     model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                              target_modules=lora.target_modules, task_type="CAUSAL_LM"))
@@ -119,6 +128,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs of each, alternating")
     parser.add_argument("--examples", type=int, default=256)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--method", choices=["lora", "qlora"], default="lora", help="the same method on both sides")
     options = parser.parse_args()
     if options.threads:
         torch.set_num_threads(options.threads)
@@ -132,16 +142,21 @@ def main() -> None:
         records = chat_records(tokenizer, options.examples, seed=0)
         rows = encode_records(tokenizer, records, MAX_TOKENS).rows
         lengths = sorted(len(r["input_ids"]) for r in rows)
-        settings = settings_for(options.steps)
+        settings = settings_for(options.steps, options.method)
         print(f"device: {'cuda' if torch.cuda.is_available() else 'cpu'} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)")
         print(f"data: {len(rows)} chat examples, tokens min {lengths[0]} / median {lengths[len(lengths) // 2]} / max {lengths[-1]}")
         print(f"same for both: LoRA r={settings.lora.r} alpha={settings.lora.alpha} all-linear, lr {settings.learning_rate}, "
               f"batch {settings.batch_size}, {settings.max_steps} steps, seed {settings.seed}")
         print(f"load average before: {os.getloadavg()[0]:.2f}")
         runs: dict[str, list] = {"baseline": [], "fragua": []}
+        peak: dict[str, float] = {}
         for repeat in range(options.repeats):
-            runs["baseline"].append(run_baseline(base, rows, settings, work))
-            runs["fragua"].append(run_fragua(base, records, settings, work))
+            for name, run in (("baseline", lambda: run_baseline(base, rows, settings, work)), ("fragua", lambda: run_fragua(base, records, settings, work))):
+                if torch.cuda.is_available():
+                    torch.cuda.reset_peak_memory_stats()
+                runs[name].append(run())
+                if torch.cuda.is_available():
+                    peak[name] = max(peak.get(name, 0.0), torch.cuda.max_memory_allocated() / 2**30)
             print(f"run {repeat + 1}: " + ", ".join(
                 f"{name} {r[-1].rate:,.0f} tokens/s ({r[-1].cpu_rate:,.0f} per CPU-second)" for name, r in runs.items()), flush=True)
         print(f"load average after: {os.getloadavg()[0]:.2f}")
@@ -149,6 +164,8 @@ def main() -> None:
         cpu = {name: statistics.median(m.cpu_rate for m in measured) for name, measured in runs.items()}
         print(f"baseline (Trainer + peft, random batches padded to the longest): {wall['baseline']:,.0f} non-padding tokens/s")
         print(f"fragua ({settings.batching}, default settings):                  {wall['fragua']:,.0f} non-padding tokens/s")
+        if peak:
+            print("peak GPU memory: " + ", ".join(f"{name} {gib:.2f} GiB" for name, gib in peak.items()))
         print(f"ratio: {wall['fragua'] / wall['baseline']:.2f}x  (per CPU-second, which other load on the machine disturbs less: "
               f"{cpu['fragua'] / cpu['baseline']:.2f}x)")
 
