@@ -7,6 +7,7 @@ so that a task is a thin retrying wrapper and a CLI or test can call the same th
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,10 +21,11 @@ from .expand import expand_train
 from .gates import Decision, decide
 from .ingest import ingest
 from .modeling import ModelLoadError, load_for_inference
-from .registry import PRODUCTION, AliasState, Registry, RegistryError, VersionManifest, size_label
+from .progress import transfer_progress
+from .registry import PREVIOUS, PRODUCTION, AliasState, CleanupReport, Registry, RegistryError, VersionManifest, size_label
 from .report import model_card, validation_report
 from .settings import Settings
-from .storage import LocalStore
+from .storage import LocalStore, ObjectStore
 from .tracking import tracking_run
 from .training import TrainReport, train
 
@@ -41,6 +43,13 @@ class ValidationOutcome(BaseModel):
     decision: Decision
     report_path: str
     eval_path: str
+
+
+class Promotion(BaseModel):
+    """An alias move and what it replaced: enough to undo it if a later deploy step fails."""
+
+    production: AliasState
+    previous_before: str | None
 
 
 class DeployOutcome(BaseModel):
@@ -154,8 +163,17 @@ def load_run(settings: Settings, run_id: str | None) -> dict[str, Any]:
 # Validation -----------------------------------------------------------------------------
 
 
+def open_store(settings: Settings) -> ObjectStore:
+    """The configured registry backend: a local directory or an S3 bucket."""
+    if settings.registry.backend == "s3":
+        from .s3 import open_s3_store
+
+        return open_s3_store(settings.registry)
+    return LocalStore(settings.registry_path)
+
+
 def open_registry(settings: Settings) -> Registry:
-    return Registry(LocalStore(settings.registry_path), settings.registry.model_name)
+    return Registry(open_store(settings), settings.registry.model_name, progress=transfer_progress)
 
 
 def production_state(settings: Settings) -> AliasState | None:
@@ -319,7 +337,7 @@ def verify_version(settings: Settings, version: str) -> str:
     return loaded.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def promote_version(settings: Settings, version: str, *, expected_production: str | None, reason: str, actor: str | None = None) -> AliasState:
+def promote_version(settings: Settings, version: str, *, expected_production: str | None, reason: str, actor: str | None = None) -> Promotion:
     """Move production to ``version`` only if production is still what validation compared against."""
     registry = open_registry(settings)
     expected = registry.alias(PRODUCTION)
@@ -329,8 +347,32 @@ def promote_version(settings: Settings, version: str, *, expected_production: st
             f"production is now {current or 'unset'}, but {version} was validated against {expected_production or 'no production version'}; "
             "validate again before deploying"
         )
-    return registry.promote(version, reason=reason, actor=actor, expected=expected)
+    previous, _ = registry.alias(PREVIOUS)
+    state = registry.promote(version, reason=reason, actor=actor, expected=expected)
+    return Promotion(production=state, previous_before=previous.version if previous else None)
+
+
+def revert_promotion(settings: Settings, promotion: Promotion, *, reason: str, actor: str | None = None) -> bool:
+    """Put production (and previous) back as they were before ``promotion``, unless someone moved them since."""
+    return open_registry(settings).revert(promotion.production, promotion.previous_before, reason=reason, actor=actor)
+
+
+def confirm_production(settings: Settings, version: str) -> None:
+    """The post-promotion check: production resolves to ``version`` and all its files are in the store."""
+    open_registry(settings).confirm(PRODUCTION, version)
 
 
 def rollback(settings: Settings, to: str | None = None, *, actor: str | None = None) -> AliasState:
     return open_registry(settings).rollback(to, actor=actor)
+
+
+def clean_registry(
+    settings: Settings, *, keep_last: int | None = None, grace_minutes: float | None = None, dry_run: bool = False
+) -> CleanupReport:
+    """`fragua registry gc`: unfinished versions past the grace period, then retention (keep_last)."""
+    grace = settings.registry.gc_grace_minutes if grace_minutes is None else grace_minutes
+    return open_registry(settings).cleanup(
+        keep_last=keep_last if keep_last is not None else settings.registry.keep_last,
+        grace=timedelta(minutes=grace),
+        dry_run=dry_run,
+    )
