@@ -41,10 +41,15 @@ class Fault:
     fragment: str
     times: int  # how many matching requests get the fault
     status: int = 503  # 0: stop the server instead of answering
+    armed_by: tuple[str, str] | None = None  # (method, fragment) of a request that must come first
     seen: int = 0
     hits: list[str] = field(default_factory=list)
 
     def matches(self, method: str, path: str) -> bool:
+        if self.armed_by is not None:
+            if method == self.armed_by[0] and self.armed_by[1] in path:
+                self.armed_by = None
+            return False
         return method == self.method and self.fragment in path
 
 
@@ -112,9 +117,10 @@ class S3TestServer:
 
     # faults -----------------------------------------------------------------------------
 
-    def fail(self, method: str, fragment: str, *, times: int, status: int = 503) -> Fault:
-        """Answer ``status`` to the next ``times`` requests of ``method`` whose path has ``fragment``."""
-        fault = Fault(method, fragment, times, status)
+    def fail(self, method: str, fragment: str, *, times: int, status: int = 503, armed_by: tuple[str, str] | None = None) -> Fault:
+        """Answer ``status`` to the next ``times`` requests of ``method`` whose path has ``fragment``
+        (only once a request matching ``armed_by`` has been served, when given)."""
+        fault = Fault(method, fragment, times, status, armed_by)
         with self._lock:
             self._faults.append(fault)
         return fault

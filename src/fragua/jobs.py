@@ -256,8 +256,20 @@ def load_validation(settings: Settings, run_id: str) -> ValidationOutcome:
 # Registry -------------------------------------------------------------------------------
 
 
-def publish_run(settings: Settings, run_id: str, *, flow_run_id: str | None = None) -> VersionManifest:
-    """Allocate the next version and upload the run's model, reports and card; manifest last."""
+def allocate_version(settings: Settings, run_id: str) -> str:
+    """Reserve the next version number for a run (its size label comes from the trained model)."""
+    run_dir = Path(load_run(settings, run_id)["run_dir"])
+    size = settings.registry.size_label
+    if size == "auto":
+        size = size_label(TrainReport.model_validate_json((run_dir / "train_report.json").read_text()).base_parameters)
+    return open_registry(settings).allocate(size)
+
+
+def publish_run(settings: Settings, run_id: str, *, flow_run_id: str | None = None, version: str | None = None) -> VersionManifest:
+    """Upload the run's model, reports and card as ``version`` (allocated here when None); manifest last.
+
+    With a ``version`` allocated beforehand, a retry after a storage failure uploads into
+    the same version instead of taking a new number."""
     run = load_run(settings, run_id)
     validation = load_validation(settings, run_id)
     if not validation.decision.passed:
@@ -266,9 +278,6 @@ def publish_run(settings: Settings, run_id: str, *, flow_run_id: str | None = No
     train_report = TrainReport.model_validate_json((run_dir / "train_report.json").read_text())
     dataset = dataset_store.find_dataset(settings.datasets_path, run["dataset_id"])
     registry = open_registry(settings)
-    size = settings.registry.size_label
-    if size == "auto":
-        size = size_label(train_report.base_parameters)
     production = production_state(settings)
     manifest_fields = {
         "metrics": {
@@ -290,7 +299,7 @@ def publish_run(settings: Settings, run_id: str, *, flow_run_id: str | None = No
             "settings": run["settings"],
         },
     }
-    version = registry.allocate(size)
+    version = version or allocate_version(settings, run_id)
     card = run_dir / "README.md"
     card.write_text(
         model_card(
