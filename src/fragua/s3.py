@@ -256,7 +256,7 @@ def _session_and_endpoint(settings: RegistrySettings) -> tuple[boto3.Session, st
 def s3_client(settings: RegistrySettings) -> Any:
     session, endpoint = _session_and_endpoint(settings)
     config = Config(
-        retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+        retries={"total_max_attempts": settings.max_attempts, "mode": "standard"},
         s3={"addressing_style": settings.addressing_style},
         # Enough connections for every part and file of one transfer at once.
         max_pool_connections=max(10, settings.max_concurrency + 2),
