@@ -114,3 +114,26 @@ def store(request, tmp_path):
     from fragua.s3 import S3Store
 
     return S3Store.from_settings(request.getfixturevalue("s3_settings"))
+
+
+# A validated run -------------------------------------------------------------------------
+
+QUICK = {
+    "tracking": {"mode": "disabled"},
+    "train": {"max_steps": 2},
+    "validate": {"max_examples": 4, "min_score": 0.0, "require_beat_base": False, "max_new_tokens": 8},
+}
+
+
+@pytest.fixture(scope="session")
+def validated_work(tmp_path_factory) -> tuple[Path, str]:
+    """A work dir holding the tiny base, a dataset and a trained, validated run."""
+    work = tmp_path_factory.mktemp("validated") / "work"
+    from fragua import jobs
+
+    settings = Settings(work_dir=work, **QUICK)
+    dataset = jobs.ingest_sources(settings)
+    trained = jobs.train_model(settings, dataset.id)
+    candidate = jobs.evaluate_model(settings, dataset.id, trained.adapter_dir, name="candidate")
+    jobs.record_validation(settings, trained.run_id, dataset.id, candidate, None, None, None)
+    return work, trained.run_id

@@ -16,27 +16,11 @@ from fragua import jobs
 from fragua.registry import PRODUCTION
 from fragua.settings import Settings
 
+from .conftest import QUICK
 from .s3server import SECRET_KEY
 
 pytestmark = pytest.mark.e2e
 
-QUICK = {
-    "tracking": {"mode": "disabled"},
-    "train": {"max_steps": 2},
-    "validate": {"max_examples": 4, "min_score": 0.0, "require_beat_base": False, "max_new_tokens": 8},
-}
-
-
-@pytest.fixture(scope="session")
-def validated_work(tmp_path_factory) -> tuple[Path, str]:
-    """A work dir holding the tiny base, a dataset and a trained, validated run."""
-    work = tmp_path_factory.mktemp("validated") / "work"
-    settings = Settings(work_dir=work, **QUICK)
-    dataset = jobs.ingest_sources(settings)
-    trained = jobs.train_model(settings, dataset.id)
-    candidate = jobs.evaluate_model(settings, dataset.id, trained.adapter_dir, name="candidate")
-    jobs.record_validation(settings, trained.run_id, dataset.id, candidate, None, None, None)
-    return work, trained.run_id
 
 
 @pytest.fixture

@@ -7,11 +7,12 @@ so that a task is a thin retrying wrapper and a CLI or test can call the same th
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from . import dataset_store
 from .base_model import build_tiny_base
@@ -385,3 +386,48 @@ def clean_registry(
         grace=timedelta(minutes=grace),
         dry_run=dry_run,
     )
+
+
+# Export ---------------------------------------------------------------------------------
+
+
+class ExportOutcome(BaseModel):
+    version: str
+    folder: str = Field(description="The exported model: the version as stored, or merged into its base.")
+    merged: bool
+    gguf: str | None = None
+
+
+def export_version(
+    settings: Settings,
+    version: str,
+    output: Path,
+    *,
+    merged: bool,
+    gguf: bool = False,
+    converter: Path | None = None,
+    gguf_type: str = "f16",
+) -> ExportOutcome:
+    """A verified copy of ``version`` under ``output``: as stored, merged (safetensors) and/or GGUF.
+
+    GGUF needs a merged model and llama.cpp's converter; without the converter this raises
+    ExportError naming what to install, after the merged model was written."""
+    from .export import INSTALL_CONVERTER, ExportError, convert_to_gguf, find_converter, merge_version
+
+    registry = open_registry(settings)
+    manifest = registry.manifest(version)
+    local = registry.fetch(version, settings.work_path / "cache" / "models")
+    output = output.expanduser().resolve()
+    if not (merged or gguf):
+        target = output / version
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(local, target)
+        return ExportOutcome(version=version, folder=str(target), merged=False)
+    folder = merge_version(local, manifest, output / f"{version}-merged", settings.train)
+    if not gguf:
+        return ExportOutcome(version=version, folder=str(folder), merged=True)
+    found = find_converter(converter)
+    if found is None:
+        raise ExportError(f"{INSTALL_CONVERTER}\nmerged model: {folder}")
+    gguf_file = convert_to_gguf(folder, output / f"{version}.gguf", found, outtype=gguf_type)
+    return ExportOutcome(version=version, folder=str(folder), merged=True, gguf=str(gguf_file))
