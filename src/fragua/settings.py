@@ -237,8 +237,8 @@ class RegistrySettings(Section):
         "auto", description="Bucket in the path (MinIO and most self-hosted servers) or in the host name (AWS); 'auto' lets boto3 decide."
     )
     max_attempts: int = Field(5, ge=1, le=20, description="Attempts per S3 request (botocore 'standard' retries with backoff) before a task-level retry takes over.")
-    multipart_threshold_mb: int = Field(64, ge=5, le=5_120, description="Files at least this large go up and down in parts, in parallel.")
-    multipart_chunk_mb: int = Field(32, ge=5, le=5_120, description="Part size of multipart transfers; S3 allows at most 10,000 parts per object.")
+    multipart_threshold_mb: int = Field(16, ge=5, le=5_120, description="Files at least this large go up and down in parts, in parallel.")
+    multipart_chunk_mb: int = Field(8, ge=5, le=5_120, description="Part size of multipart transfers; S3 allows at most 10,000 parts per object.")
     max_concurrency: int = Field(16, ge=1, le=128, description="Parallel requests of one version's upload or download (parts and files together).")
     keep_last: int | None = Field(
         None, ge=1, description="Retention: after each deploy (and in `fragua registry gc`) delete all but the newest N versions; versions an alias points to are always kept. None keeps everything."
