@@ -60,3 +60,17 @@ def test_init_base_builds_a_loadable_model(tmp_path):
     assert tokenizer.chat_template and tokenizer.pad_token and tokenizer.eos_token == "<|im_end|>"
     again = runner.invoke(app, ["--work-dir", str(tmp_path), "--set", "train.tiny.vocab_size=1000", "init-base"])
     assert again.exit_code == 1 and "init-base --force" in again.output
+
+
+def test_train_shows_a_progress_bar_and_the_run_summary(prefect_api, tmp_path):
+    from .conftest import EXAMPLES
+
+    result = runner.invoke(
+        app,
+        ["--work-dir", str(tmp_path), "--set", "train.max_steps=4", "--set", "train.logging_steps=1", "--set", "tracking.mode=disabled",
+         "train", "--source", str(EXAMPLES / "batch1" / "ml_concepts.jsonl")],
+        env={"COLUMNS": "160"},
+    )
+    assert result.exit_code == 0, result.output
+    assert "4/4" in result.output and "tok/s" in result.output  # the bar reached the last step
+    assert "Training run" in result.output and "padding-free" in result.output
