@@ -115,6 +115,7 @@ def test_fragua_chat_with_a_local_folder(tiny_base, tmp_path):
 def test_fragua_chat_rejects_bad_generation_settings_and_ambiguous_models(tiny_base, tmp_path):
     bad = runner.invoke(app, ["--work-dir", str(tmp_path), "chat", "--path", str(tiny_base), "--top-p", "1.5"])
     assert bad.exit_code == 2 and "chat.top_p" in bad.output and "less than or equal to 1" in bad.output
+    assert "[set it with --set chat.top_p=…, FRAGUA_CHAT__TOP_P" in " ".join(bad.output.split())
     both = runner.invoke(app, ["--work-dir", str(tmp_path), "chat", "--path", str(tiny_base), "--version", "fragua-tiny-v1"])
     assert both.exit_code == 2 and "not --version and --path" in " ".join(both.output.split())
     nothing = runner.invoke(app, ["--work-dir", str(tmp_path), "chat"])

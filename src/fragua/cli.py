@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .settings import Settings, describe_validation_error, parse_overrides
@@ -60,7 +61,8 @@ def load_settings(ctx: typer.Context, sources: list[Path] | None = None) -> Sett
             overrides.setdefault("data", {})["sources"] = [{"path": str(p)} for p in sources]
         return Settings.load(profile=options["profile"], settings_file=options["settings_file"], **overrides)
     except ValidationError as exc:
-        console.print(f"[red]error:[/red] {describe_validation_error(exc)}", markup=True, highlight=False)
+        # escaped: the "[set it with …]" hint would otherwise be swallowed as a rich markup tag
+        console.print(f"[red]error:[/red] {escape(describe_validation_error(exc))}", markup=True, highlight=False)
         raise typer.Exit(2) from exc
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)

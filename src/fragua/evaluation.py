@@ -128,7 +128,8 @@ class EvalItem:
 
     def option_answers(self) -> list[str]:
         """The assistant answer that picks each option, in the form the training data uses."""
-        assert self.choices is not None
+        if not self.choices:
+            raise ValueError(f"item {self.id} is not a multiple-choice question")
         return [multiple_choice_messages("", list(self.choices), i)[-1].content for i in range(len(self.choices))]
 
 

@@ -191,7 +191,7 @@ class TrainSettings(Section):
 # Scores in [0, 1], higher is better: what min_score, min_metrics and the regression check read.
 ScoreMetric = Literal["token_f1", "exact_match", "rouge_l", "bleu", "numeric_accuracy", "mc_accuracy", "mc_accuracy_norm"]
 # What "beat the base model" can be judged on: validation loss (lower is better) or a score.
-BaseComparisonMetric = Literal["loss", "token_f1", "exact_match", "rouge_l", "bleu", "numeric_accuracy", "mc_accuracy", "mc_accuracy_norm"]
+BaseComparisonMetric = Literal["loss", ScoreMetric]
 
 
 class ValidateSettings(Section):
@@ -479,8 +479,9 @@ def describe_validation_error(error: ValidationError) -> str:
     """One line per bad field, naming its dotted path, the value given and how to set it."""
     lines = []
     for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"]) or "settings"
-        env = ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(p).upper() for p in item["loc"] if not isinstance(p, int))
+        loc = [part for part in item["loc"] if part != "[key]"]  # pydantic appends "[key]" for a bad mapping key
+        path = ".".join(str(part) for part in loc) or "settings"
+        env = ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(p).upper() for p in loc if not isinstance(p, int))
         given = item.get("input")
         shown = "" if isinstance(given, dict) else f" (got {given!r})"
         lines.append(f"{path}: {item['msg']}{shown} [set it with --set {path}=…, {env}, or a settings file]")
