@@ -20,8 +20,8 @@ from .expand import expand_train
 from .gates import Decision, decide
 from .ingest import ingest
 from .modeling import ModelLoadError, load_for_inference
-from .registry import PRODUCTION, AliasState, Registry, RegistryError, VersionManifest, size_label
 from .plots import loss_curve, metric_bars
+from .registry import PRODUCTION, AliasState, Registry, RegistryError, VersionManifest, size_label
 from .report import model_card, validation_report
 from .settings import Settings
 from .storage import LocalStore
