@@ -34,7 +34,8 @@ def test_a_destroyed_candidate_is_rejected_naming_the_metric_and_production_stay
 
     work = tmp_path / "work"
     data = {"sources": [{"path": str(EXAMPLES / "batch1")}]}
-    champion = pipeline_flow(Settings(work_dir=work, data=data, train={"max_steps": 120}))
+    validate = {"max_new_tokens": 32}  # the answers are shorter; both runs are judged alike
+    champion = pipeline_flow(Settings(work_dir=work, data=data, train={"max_steps": 120}, validate=validate))
     assert champion.passed and champion.promoted and champion.version == "fragua-tiny-v1"
 
     registry = open_registry(Settings(work_dir=work))
@@ -48,7 +49,7 @@ def test_a_destroyed_candidate_is_rejected_naming_the_metric_and_production_stay
     assert validate_runs, "the validation plots were logged to W&B"
 
     # The challenger: same data, a learning rate that destroys the adapters.
-    destructive = Settings(work_dir=work, data=data, train={"learning_rate": 1.0, "max_steps": 20}, tracking={"mode": "disabled"})
+    destructive = Settings(work_dir=work, data=data, train={"learning_rate": 1.0, "max_steps": 20}, validate=validate, tracking={"mode": "disabled"})
     challenger = pipeline_flow(destructive)
 
     assert not challenger.passed and not challenger.promoted and challenger.version is None
