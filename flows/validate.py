@@ -4,7 +4,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from fragua.jobs import ValidationOutcome
-from fragua.report import comparison_rows
+from fragua.report import comparison_rows, validation_report
 from fragua.settings import Settings
 from tasks.model import evaluate_task
 from tasks.registry import fetch_task, load_run_task, production_task, record_validation_task
@@ -27,10 +27,15 @@ def validate_flow(settings: Settings | None = None, run_id: str | None = None) -
         settings, run["run_id"], dataset_id, candidate, base, production,
         production_state.version if production_state else None,
     )
-    with open(outcome.report_path, encoding="utf-8") as report:
-        create_markdown_artifact(report.read(), key="validation-report", description=f"Validation of run {run['run_id']}")
+    # The UI cannot open the run folder, so the artifact lists the plots by path instead of embedding them.
+    report = validation_report(
+        run_id=outcome.run_id, dataset_id=dataset_id, candidate=candidate, base=base, production=production,
+        production_version=outcome.production_version, decision=outcome.decision, plots=outcome.plots, embed_plots=False,
+    )
+    create_markdown_artifact(report, key="validation-report", description=f"Validation of run {run['run_id']}")
+    production_label = f"production {outcome.production_version}" if outcome.production_version else "production"
     create_table_artifact(
-        comparison_rows({"candidate": candidate, "production": production, "base": base}),
+        comparison_rows({"candidate": candidate, production_label: production, "base": base}),
         key="validation-metrics",
         description="Candidate vs production vs base, overall and per domain",
     )

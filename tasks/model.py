@@ -73,8 +73,6 @@ def hpo_record_task(settings: Settings, dataset_id: str, results: list[TrialResu
 def evaluate_task(settings: Settings, dataset_id: str, model_path: str, name: str) -> Evaluation:
     evaluation = jobs.evaluate_model(settings, dataset_id, model_path, name=name)
     overall = evaluation.overall
-    get_run_logger().info(
-        "%s: loss %.4f, perplexity %.2f, exact match %.4f, token F1 %.4f on %d examples",
-        name, overall.loss, overall.perplexity, overall.exact_match, overall.token_f1, overall.n,
-    )
+    scores = ", ".join(f"{metric} {overall.value(metric):.4f}" for metric in ["loss", "perplexity", *overall.measured()] if overall.value(metric) is not None)
+    get_run_logger().info("%s on %d examples: %s", name, overall.n, scores)
     return evaluation

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 from fragua.evaluation import MetricSet
 from fragua.gates import decide
 from fragua.settings import ValidateSettings
@@ -44,3 +46,63 @@ def test_all_failures_are_listed_first():
     fails = [r for r in decision.reasons if r.startswith("FAIL")]
     assert len(fails) == 3 and decision.reasons[:3] == fails
     assert "exact_match 0.2000" in fails[0] and "perplexity" in fails[1] and "base model" in fails[2]
+
+
+def scores(**values) -> MetricSet:
+    values.setdefault("loss", 2.0)
+    return MetricSet(n=10, perplexity=math.exp(values["loss"]), **values)
+
+
+def test_per_metric_minimums_name_the_metric_and_its_setting():
+    settings = ValidateSettings(min_score=0.1, min_metrics={"rouge_l": 0.3, "mc_accuracy": 0.5})
+    decision = decide(scores(token_f1=0.4, rouge_l=0.2, mc_accuracy=0.75), settings)
+    assert not decision.passed
+    assert decision.reasons[0] == "FAIL rouge_l 0.2000 < validate.min_metrics.rouge_l 0.3000"
+    assert "PASS mc_accuracy 0.7500 >= validate.min_metrics.mc_accuracy 0.5000" in decision.reasons
+    assert decision.failed_metrics == ["rouge_l"]
+
+
+def test_a_primary_metric_the_validation_set_cannot_measure_fails_clearly():
+    decision = decide(scores(token_f1=0.9), ValidateSettings(primary_metric="mc_accuracy", min_score=0.5))
+    assert not decision.passed and decision.candidate is None
+    assert decision.reasons[0] == (
+        "FAIL mc_accuracy was not measured: the validation set has no multiple-choice items with an answer (validate.min_score needs it)"
+    )
+
+
+def test_beat_base_on_a_score_must_be_strictly_higher():
+    settings = ValidateSettings(min_score=0.0, beat_base_metrics=["loss", "token_f1"])
+    tied = decide(scores(token_f1=0.3, loss=1.0), settings, base=scores(token_f1=0.3, loss=5.0))
+    assert not tied.passed and tied.reasons[0] == "FAIL token_f1 0.3000 <= base model's 0.3000 (validate.beat_base_metrics)"
+    better = decide(scores(token_f1=0.31, loss=1.0), settings, base=scores(token_f1=0.3, loss=5.0))
+    assert better.passed
+
+
+def test_a_diverged_candidate_never_beats_the_base():
+    decision = decide(scores(token_f1=0.5, loss=float("nan")), ValidateSettings(min_score=0.1), base=scores(token_f1=0.0, loss=8.0))
+    assert not decision.passed and decision.failed_metrics == ["loss"]
+    assert decision.reasons[0].startswith("FAIL validation loss nan >= base model's 8.0000")
+
+
+def test_regression_is_checked_on_every_gated_metric():
+    settings = ValidateSettings(min_score=0.1, min_metrics={"bleu": 0.05}, regression_tolerance=0.02)
+    production = scores(token_f1=0.5, bleu=0.40)
+    decision = decide(scores(token_f1=0.5, bleu=0.30), settings, production=production, production_version="acme-tiny-v7")
+    assert not decision.passed and decision.failed_metrics == ["bleu"]
+    assert decision.reasons[0] == (
+        "FAIL bleu 0.3000 < production acme-tiny-v7's 0.4000 - validate.regression_tolerance 0.0200 (a drop of 0.1000)"
+    )
+
+
+def test_settings_reject_bad_gate_configuration():
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="beat_base_metrics is empty"):
+        ValidateSettings(beat_base_metrics=[])
+    with pytest.raises(ValidationError, match="less than or equal to 1"):
+        ValidateSettings(min_metrics={"rouge_l": 1.5})
+    with pytest.raises(ValidationError):
+        ValidateSettings(min_metrics={"perplexity": 0.5})
+    with pytest.raises(ValidationError):
+        ValidateSettings(primary_metric="accuracy")

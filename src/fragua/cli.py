@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator, Optional
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .settings import Settings, describe_validation_error, parse_overrides
@@ -62,7 +63,8 @@ def load_settings(ctx: typer.Context, sources: list[Path] | None = None) -> Sett
             overrides.setdefault("data", {})["sources"] = [{"path": str(p)} for p in sources]
         return Settings.load(profile=options["profile"], settings_file=options["settings_file"], **overrides)
     except ValidationError as exc:
-        console.print(f"[red]error:[/red] {describe_validation_error(exc)}", markup=True, highlight=False)
+        # escaped: the "[set it with …]" hint would otherwise be swallowed as a rich markup tag
+        console.print(f"[red]error:[/red] {escape(describe_validation_error(exc))}", markup=True, highlight=False)
         raise typer.Exit(2) from exc
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
@@ -420,6 +422,98 @@ def export(
     rows = [("model", outcome.folder), ("merged", outcome.merged), ("gguf", outcome.gguf or "-")]
     rows.append(("load with", f"AutoModelForCausalLM.from_pretrained({outcome.folder!r})" if outcome.merged else f"see {outcome.folder}/README.md"))
     console.print(_kv_table(f"Export of {version}", rows))
+
+
+VERSION_OPTION = typer.Option(None, "--version", help="A published version, e.g. fragua-tiny-v2.")
+ALIAS_OPTION = typer.Option(None, "--alias", help="The version an alias points to (default: production).")
+PATH_OPTION = typer.Option(None, "--path", help="A local model folder (adapter or merged model, detected).")
+
+
+def _choose_model(settings: Settings, version: str | None, alias: str | None, path: Path | None) -> Any:
+    from .inference import resolve_model
+
+    try:
+        return run_step(lambda: resolve_model(settings, version=version, alias=alias, path=path))
+    except ValueError as exc:
+        raise_user(str(exc))
+
+
+def _metrics_table(title: str, overall: Any, per_domain: dict[str, Any]) -> Table:
+    """One row per metric, one column per domain: narrow enough for any terminal."""
+    from .evaluation import SCORE_METRICS
+
+    groups = {"overall": overall, **per_domain}
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    for domain in groups:
+        table.add_column(domain, justify="right")
+    for metric in ["n", "loss", "perplexity", *SCORE_METRICS]:
+        values = [getattr(g, metric) for g in groups.values()]
+        if all(v is None for v in values):
+            continue
+        table.add_row(metric, *["-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)) for v in values])
+    return table
+
+
+@app.command("eval-batch")
+def eval_batch(
+    ctx: typer.Context,
+    questions_file: Path = typer.Argument(..., help="Questions: any input format ingest reads, or JSONL rows {question, answer?, choices?, domain?, id?}."),
+    version: Optional[str] = VERSION_OPTION,
+    alias: Optional[str] = ALIAS_OPTION,
+    path: Optional[Path] = PATH_OPTION,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="JSON file for answers and scores (default: ./<questions>.answers.json)."),
+) -> None:
+    """Answer a predefined question set with one model; score the answers that have a reference."""
+    from .batch_eval import default_output, run_eval_batch
+
+    settings = load_settings(ctx)
+    choice = _choose_model(settings, version, alias, path)
+    target = output or default_output(questions_file)
+    result = run_step(lambda: run_eval_batch(settings, questions_file, choice, target))
+    console.print(_metrics_table(f"{len(result.items)} questions answered by {choice.label}", result.overall, result.per_domain))
+    console.print(f"answers and scores: {target}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def chat(
+    ctx: typer.Context,
+    version: Optional[str] = VERSION_OPTION,
+    alias: Optional[str] = ALIAS_OPTION,
+    path: Optional[Path] = PATH_OPTION,
+    sample: Optional[bool] = typer.Option(None, "--sample/--greedy", help="Sample replies, or decode greedily (chat.do_sample)."),
+    temperature: Optional[float] = typer.Option(None, help="Sampling temperature (chat.temperature)."),
+    top_k: Optional[int] = typer.Option(None, help="Sample among the k most likely tokens; 0 disables (chat.top_k)."),
+    top_p: Optional[float] = typer.Option(None, help="Nucleus sampling threshold (chat.top_p)."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Longest reply in tokens (chat.max_new_tokens)."),
+    repetition_penalty: Optional[float] = typer.Option(None, help="Above 1 discourages repetition (chat.repetition_penalty)."),
+    system: Optional[str] = typer.Option(None, help="System prompt for every conversation (chat.system_prompt)."),
+    seed: Optional[int] = typer.Option(None, help="Seed for reproducible sampling (chat.seed)."),
+    save_dir: Path = typer.Option(Path("."), help="Where /save writes conversations without a file name."),
+) -> None:
+    """Talk to a version (default: production), an alias or a local model folder."""
+    import json
+    import sys
+
+    from .chat_repl import Responder, chat_loop
+    from .inference import load_model
+
+    given = {"do_sample": sample, "temperature": temperature, "top_k": top_k, "top_p": top_p, "max_new_tokens": max_new_tokens,
+             "repetition_penalty": repetition_penalty, "system_prompt": system, "seed": seed}
+    # Appended as --set overrides so they are validated, and named, like every other setting.
+    ctx.obj["overrides"] = [*ctx.obj["overrides"], *(f"chat.{key}={json.dumps(value)}" for key, value in given.items() if value is not None)]
+    settings = load_settings(ctx)
+    choice = _choose_model(settings, version, alias, path)
+    with console.status(f"loading {choice.label}"):
+        loaded = run_step(lambda: load_model(settings, choice))
+    try:
+        responder = Responder(loaded.model, loaded.tokenizer, settings.chat)
+    except ValueError as exc:
+        raise_user(str(exc))
+    chat_loop(
+        responder, input_stream=sys.stdin, console=console, model_label=choice.label, save_dir=save_dir,
+        header={"version": choice.version, "folder": choice.folder, "device": str(loaded.model.device)},
+    )
 
 
 blocks_app = typer.Typer(help="Prefect blocks holding Fragua's credentials.", no_args_is_help=True)

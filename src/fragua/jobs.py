@@ -26,6 +26,7 @@ from .ingest import ingest
 from .hpo import HpoPlan, HpoResult, Trial, TrialResult, best_trial, sample_trials, trial_rows, trial_settings
 from .incremental import select_incremental
 from .modeling import ModelLoadError, is_adapter, load_for_inference
+from .plots import loss_curve, metric_bars
 from .progress import transfer_progress
 from .records import Record
 from .registry import PREVIOUS, PRODUCTION, AliasState, CleanupReport, Registry, RegistryError, VersionManifest, size_label
@@ -50,6 +51,7 @@ class ValidationOutcome(BaseModel):
     decision: Decision
     report_path: str
     eval_path: str
+    plots: dict[str, str] = Field(default_factory=dict, description="Plot name -> PNG in the run's validation folder.")
 
 
 class Promotion(BaseModel):
@@ -339,7 +341,8 @@ def record_validation(
     production: Evaluation | None,
     production_version: str | None,
 ) -> ValidationOutcome:
-    """Apply the gates and write eval.json and report.md into the run; log them to tracking."""
+    """Apply the gates; write eval.json, report.md and the plots into the run's validation
+    folder; log metrics, decision and plots to tracking."""
     decision = decide(
         candidate.overall,
         settings.validate,
@@ -349,6 +352,7 @@ def record_validation(
     )
     folder = settings.runs_path / run_id / "validation"
     folder.mkdir(parents=True, exist_ok=True)
+    plots = validation_plots(settings, run_id, folder, candidate, base, production, production_version)
     report = validation_report(
         run_id=run_id,
         dataset_id=dataset_id,
@@ -357,6 +361,7 @@ def record_validation(
         production=production,
         production_version=production_version,
         decision=decision,
+        plots={name: path.name for name, path in plots.items()},
     )
     outcome = ValidationOutcome(
         run_id=run_id,
@@ -368,20 +373,46 @@ def record_validation(
         decision=decision,
         report_path=str(folder / "report.md"),
         eval_path=str(folder / "eval.json"),
+        plots={name: str(path) for name, path in plots.items()},
     )
     (folder / "report.md").write_text(report, encoding="utf-8")
     (folder / "eval.json").write_text(outcome.model_dump_json(indent=2), encoding="utf-8")
     with tracking_run(settings.tracking, settings.work_path, name=f"{run_id}-validate", job_type="validate", config=settings.redacted()) as tracker:
-        metrics = {f"candidate/{k}": v for k, v in candidate.overall.model_dump().items()}
+        metrics = {f"candidate/{k}": v for k, v in candidate.overall.model_dump(exclude_none=True).items()}
         for domain, values in candidate.per_domain.items():
-            metrics.update({f"candidate/{domain}/{k}": v for k, v in values.model_dump().items()})
+            metrics.update({f"candidate/{domain}/{k}": v for k, v in values.model_dump(exclude_none=True).items()})
         if base:
-            metrics.update({f"base/{k}": v for k, v in base.overall.model_dump().items()})
+            metrics.update({f"base/{k}": v for k, v in base.overall.model_dump(exclude_none=True).items()})
         if production:
-            metrics.update({f"production/{k}": v for k, v in production.overall.model_dump().items()})
+            metrics.update({f"production/{k}": v for k, v in production.overall.model_dump(exclude_none=True).items()})
         tracker.log(metrics)
-        tracker.summarize({"passed": decision.passed, "reasons": decision.reasons})
+        for name, path in plots.items():
+            tracker.log_image(f"validation/{name}", path)
+        tracker.summarize({"passed": decision.passed, "reasons": decision.reasons, "failed_metrics": decision.failed_metrics})
     return outcome
+
+
+def validation_plots(
+    settings: Settings,
+    run_id: str,
+    folder: Path,
+    candidate: Evaluation,
+    base: Evaluation | None,
+    production: Evaluation | None,
+    production_version: str | None,
+) -> dict[str, Path]:
+    """The loss curve of the run's training and the per-domain metric bars, as PNG files."""
+    plots: dict[str, Path] = {}
+    train_report = settings.runs_path / run_id / "train_report.json"
+    if train_report.is_file():
+        history = TrainReport.model_validate_json(train_report.read_text()).log_history
+        if curve := loss_curve(history, folder / "loss_curve.png", title=f"Run {run_id}"):
+            plots["loss_curve"] = curve
+    production_label = f"production {production_version}" if production_version else "production"
+    evaluations = {"candidate": candidate, production_label: production, "base": base}
+    if bars := metric_bars(evaluations, folder / "metrics_by_domain.png", title=f"Validation of run {run_id}"):
+        plots["metrics_by_domain"] = bars
+    return plots
 
 
 def load_validation(settings: Settings, run_id: str) -> ValidationOutcome:
@@ -458,6 +489,8 @@ def publish_run(settings: Settings, run_id: str, *, flow_run_id: str | None = No
             "eval.json": Path(validation.eval_path),
             "report.md": Path(validation.report_path),
             "train_report.json": run_dir / "train_report.json",
+            # at the version's root, next to report.md, whose image links are relative
+            **{Path(path).name: Path(path) for path in validation.plots.values()},
         }
     )
     return registry.publish(version, files, manifest_fields)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
-from .evaluation import Evaluation, MetricSet
+from .evaluation import SCORE_METRICS, Evaluation, ItemResult, MetricSet
 from .gates import Decision
 
-COLUMNS = ("n", "loss", "perplexity", "exact_match", "token_f1")
+ALL_COLUMNS = ("n", "loss", "perplexity", *SCORE_METRICS)
+PLOT_TITLES = {"loss_curve": "Training and validation loss", "metrics_by_domain": "Metrics per domain"}
 
 
 def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
@@ -21,20 +25,66 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: the table artifact shows them as empty cells."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def measured_columns(evaluations: list[Evaluation | None]) -> list[str]:
+    """n, loss, perplexity and every score any of the evaluations has."""
+    present = {m for e in evaluations if e for m in e.overall.measured()}
+    return ["n", "loss", "perplexity", *[m for m in SCORE_METRICS if m in present]]
+
+
 def comparison_rows(evaluations: dict[str, Evaluation | None]) -> list[dict[str, Any]]:
-    """One row per model and domain (overall first): the table artifact and the markdown table."""
+    """One row per model and domain (overall first), every metric: the table artifact's rows."""
     rows = []
     for label, evaluation in evaluations.items():
         if evaluation is None:
             continue
         for domain, metrics in [("overall", evaluation.overall), *evaluation.per_domain.items()]:
-            rows.append({"model": label, "domain": domain, **{c: getattr(metrics, c) for c in COLUMNS}})
+            rows.append({"model": label, "domain": domain, **{c: _finite(getattr(metrics, c)) for c in ALL_COLUMNS}})
     return rows
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-    return head + "".join("| " + " | ".join(_escape(_cell(row[c])) for c in columns) + " |\n" for row in rows)
+    return head + "".join("| " + " | ".join(_escape(_cell(row.get(c))) for c in columns) + " |\n" for row in rows)
+
+
+def _delta(ours: float | None, theirs: float | None) -> str:
+    if ours is None or theirs is None or not (math.isfinite(ours) and math.isfinite(theirs)):
+        return "-"
+    return f"{ours - theirs:+.4f}"
+
+
+def overall_comparison(candidate: Evaluation, production: Evaluation | None, production_label: str, base: Evaluation | None) -> str:
+    """Candidate vs production vs base, one row per metric, with differences."""
+    columns = ["metric", "better", "candidate"]
+    if production:
+        columns += [production_label, "Δ vs production"]
+    if base:
+        columns += ["base", "Δ vs base"]
+    rows = []
+    for metric in measured_columns([candidate, production, base])[1:]:
+        ours = candidate.overall.value(metric)
+        row = {"metric": metric, "better": "lower" if metric in ("loss", "perplexity") else "higher", "candidate": ours}
+        if production:
+            row[production_label] = production.overall.value(metric)
+            row["Δ vs production"] = _delta(ours, row[production_label])
+        if base:
+            row["base"] = base.overall.value(metric)
+            row["Δ vs base"] = _delta(ours, row["base"])
+        rows.append(row)
+    return _table(rows, columns)
+
+
+def _sample_scores(sample: ItemResult) -> str:
+    if sample.chosen is not None:
+        verdict = "" if sample.mc_correct is None else (" (right)" if sample.mc_correct else " (wrong)")
+        return f"chose {sample.chosen}{verdict}, per char {sample.chosen_norm}"
+    parts = [f"{label} {value:.2f}" for label, value in (("F1", sample.token_f1), ("ROUGE-L", sample.rouge_l), ("EM", sample.exact_match), ("num", sample.numeric_match)) if value is not None]
+    return ", ".join(parts) or "-"
 
 
 def validation_report(
@@ -46,28 +96,54 @@ def validation_report(
     production: Evaluation | None,
     production_version: str | None,
     decision: Decision,
+    plots: dict[str, str] | None = None,
+    embed_plots: bool = True,
 ) -> str:
+    """The validation report. ``plots`` maps a plot name to its file: embedded as images (a
+    path relative to the report) or, for viewers that cannot reach the file, listed by path."""
     verdict = "PASSED" if decision.passed else "FAILED"
+    overall = candidate.overall
+    production_label = f"production {production_version}" if production_version else "production"
+    primary = "not measured" if decision.candidate is None else f"**{decision.candidate:.4f}**"
     lines = [
         f"# Validation of run `{run_id}`: {verdict}",
         "",
-        f"- dataset version: `{dataset_id}` ({candidate.overall.n} validation examples)",
-        f"- primary metric: `{decision.primary_metric}` = **{decision.candidate:.4f}**",
-        f"- compared with production: `{production_version}`" if production_version else "- no production version yet",
+        "## Summary",
+        "",
+        f"- dataset version: `{dataset_id}`, {overall.n} validation examples "
+        f"({overall.n_generated} free-form, {overall.n_choice} multiple-choice, {overall.n_numeric} with a numeric answer)",
+        f"- primary metric: `{decision.primary_metric}` = {primary}",
+        f"- compared with `{production_version}` (production) and the base model on the same examples"
+        if production_version else "- no production version yet: compared with the base model only",
+        f"- verdict: {'promotable' if decision.passed else 'not promotable: ' + ', '.join(decision.failed_metrics)}",
         "",
         "## Decision",
         "",
         *[f"- {reason}" for reason in decision.reasons],
         "",
-        "## Metrics (candidate vs production vs base)",
+        "## Candidate vs production vs base",
+        "",
+        overall_comparison(candidate, production, production_label, base),
+        "## Per domain",
         "",
         _table(
-            comparison_rows({"candidate": candidate, f"production {production_version or ''}".strip(): production, "base": base}),
-            ["model", "domain", *COLUMNS],
+            comparison_rows({"candidate": candidate, production_label: production, "base": base}),
+            ["model", "domain", *measured_columns([candidate, production, base])],
         ),
+    ]
+    if plots:
+        lines += ["## Plots", ""]
+        for name, location in plots.items():
+            title = PLOT_TITLES.get(name, name)
+            lines.append(f"![{title}]({location})" if embed_plots else f"- {title}: `{location}`")
+        lines.append("")
+    lines += [
         "## Sample answers",
         "",
-        _table([s.model_dump() for s in candidate.samples], ["domain", "question", "reference", "prediction", "token_f1"]),
+        _table(
+            [{**s.model_dump(), "scores": _sample_scores(s)} for s in candidate.samples],
+            ["domain", "question", "reference", "prediction", "scores"],
+        ),
     ]
     return "\n".join(lines)
 
@@ -89,7 +165,7 @@ def model_card(*, version: str, manifest_fields: dict[str, Any], metrics: Metric
             "",
             "## Metrics on the validation split",
             "",
-            _table([{c: getattr(metrics, c) for c in COLUMNS}], list(COLUMNS)),
+            _table([metrics.model_dump()], ["n", "loss", "perplexity", *metrics.measured()]),
             "## Intended use",
             "",
             "Answering questions in the domains of its training data, in the style of those answers. "

@@ -1,0 +1,87 @@
+"""Champion/challenger through the flows on the tiny model: a destroyed candidate is rejected,
+production stays; the promoted version carries its reports and plots and can be used by
+`fragua eval-batch` and `fragua chat`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from fragua.cli import app
+from fragua.jobs import load_validation, open_registry
+from fragua.settings import Settings
+
+from .conftest import EXAMPLES
+
+pytestmark = pytest.mark.e2e
+
+
+async def latest_artifact(key: str):
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async with get_client() as client:
+        found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    return max(found, key=lambda a: a.created)
+
+
+def test_a_destroyed_candidate_is_rejected_naming_the_metric_and_production_stays(prefect_api, tmp_path):
+    from flows.pipeline import pipeline_flow
+
+    work = tmp_path / "work"
+    data = {"sources": [{"path": str(EXAMPLES / "batch1")}]}
+    validate = {"max_new_tokens": 32}  # the answers are shorter; both runs are judged alike
+    champion = pipeline_flow(Settings(work_dir=work, data=data, train={"max_steps": 120}, validate=validate))
+    assert champion.passed and champion.promoted and champion.version == "fragua-tiny-v1"
+
+    registry = open_registry(Settings(work_dir=work))
+    manifest = registry.manifest("fragua-tiny-v1")
+    assert {"eval.json", "report.md", "loss_curve.png", "metrics_by_domain.png"} <= set(manifest.files)
+    stored = work / "registry" / "models" / "fragua" / "versions" / "fragua-tiny-v1"
+    assert "![Training and validation loss](loss_curve.png)" in (stored / "report.md").read_text()
+    assert json.loads((stored / "eval.json").read_text())["decision"]["passed"] is True
+    assert (stored / "loss_curve.png").read_bytes().startswith(b"\x89PNG")
+    validate_runs = [p for p in (work / "wandb" / "wandb").glob("offline-run-*") if list(p.glob("files/media/images/validation/*.png"))]
+    assert validate_runs, "the validation plots were logged to W&B"
+
+    # The challenger: same data, a learning rate that destroys the adapters.
+    destructive = Settings(work_dir=work, data=data, train={"learning_rate": 1.0, "max_steps": 20}, validate=validate, tracking={"mode": "disabled"})
+    challenger = pipeline_flow(destructive)
+
+    assert not challenger.passed and not challenger.promoted and challenger.version is None
+    assert challenger.production == "fragua-tiny-v1"
+    failed = [r for r in challenger.reasons if r.startswith("FAIL")]
+    assert any(r.startswith("FAIL token_f1") and "production fragua-tiny-v1" in r for r in failed), failed
+    assert any(r.startswith("FAIL validation loss") for r in failed), failed
+    outcome = load_validation(destructive, challenger.run_id)
+    assert {"token_f1", "loss"} <= set(outcome.decision.failed_metrics)
+    assert math.isnan(outcome.candidate.overall.loss)  # eval.json keeps the diverged loss as NaN
+    assert (work / "runs" / challenger.run_id / "validation" / "metrics_by_domain.png").is_file()
+
+    assert [m.version for m in registry.versions()] == ["fragua-tiny-v1"]
+    assert registry.alias("production")[0].version == "fragua-tiny-v1"
+    assert len(registry.history()) == 1
+
+    report = asyncio.run(latest_artifact("validation-report"))
+    assert f"# Validation of run `{challenger.run_id}`: FAILED" in report.data
+    assert "FAIL token_f1" in report.data and "metrics_by_domain.png`" in report.data
+    table = asyncio.run(latest_artifact("validation-metrics"))
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert {row["model"] for row in rows} == {"candidate", "production fragua-tiny-v1", "base"}
+
+    # The champion answers questions and chats, by version and by alias.
+    runner = CliRunner()
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"question": "What time is check-in?", "answer": "Check-in starts at 3:00 pm at the 24-hour reception on the ground floor.", "domain": "hotel"}) + "\n")
+    answers = tmp_path / "answers.json"
+    batch = runner.invoke(app, ["--work-dir", str(work), "eval-batch", str(questions), "--version", "fragua-tiny-v1", "-o", str(answers)])
+    assert batch.exit_code == 0, batch.output
+    written = json.loads(answers.read_text())
+    assert written["model"]["version"] == "fragua-tiny-v1" and written["items"][0]["token_f1"] is not None
+    chat = runner.invoke(app, ["--work-dir", str(work), "chat", "--alias", "production", "--greedy", "--max-new-tokens", "6"], input="What time is check-in?\n/exit\n")
+    assert chat.exit_code == 0, chat.output
+    assert "Chatting with fragua-tiny-v1 (production)" in chat.output and "model ›" in chat.output
