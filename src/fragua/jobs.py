@@ -6,19 +6,22 @@ so that a task is a thin retrying wrapper and a CLI or test can call the same th
 
 from __future__ import annotations
 
+import hashlib
 import json
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from . import dataset_store
+from . import __version__, dataset_store
 from .base_model import build_tiny_base
-from .dataset_store import DatasetManifest
+from .dataset_store import DatasetManifest, DatasetStore, LocalDatasetStore
 from .evaluation import Evaluation, evaluate
 from .expand import expand_train
 from .gates import Decision, decide
-from .ingest import ingest
+from .ingest import IngestError, ingest, sources_fingerprint
+from .sources import file_sha256
 from .modeling import ModelLoadError, load_for_inference
 from .registry import PRODUCTION, AliasState, Registry, RegistryError, VersionManifest, size_label
 from .report import model_card, validation_report
@@ -55,8 +58,53 @@ class DeployOutcome(BaseModel):
 # Data -----------------------------------------------------------------------------------
 
 
+def open_dataset_store(settings: Settings) -> DatasetStore:
+    return LocalDatasetStore(settings.datasets_path)
+
+
+def stats_tokenizer(settings: Settings) -> Path | None:
+    """The base model's tokenizer.json when it is on local disk (token lengths in the dataset stats)."""
+    candidate = Path(settings.base_model_ref).expanduser() / "tokenizer.json"
+    return candidate if candidate.is_file() else None
+
+
+def ingest_inputs_key(settings: Settings) -> str | None:
+    """What an ingest's result depends on: source contents, data settings, the store, the
+    stats tokenizer and Fragua's version. None when a source cannot be fingerprinted (an
+    unpinned hub dataset) or does not exist (ingest will say why)."""
+    try:
+        fingerprints = list(sources_fingerprint(settings.data))
+    except (IngestError, OSError):
+        return None
+    if any(fingerprint is None for _, fingerprint in fingerprints):
+        return None
+    store = open_dataset_store(settings)
+    tokenizer = stats_tokenizer(settings)
+    payload = {
+        "fragua": __version__,
+        "sources": fingerprints,
+        "data": settings.data.ingest_fingerprint(),
+        "store": [store.describe(), store.instance()],
+        "tokenizer": file_sha256(tokenizer) if tokenizer else None,
+    }
+    return "ingest-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def ingest_cache_key(settings: Settings) -> str | None:
+    """The ingest task's cache key: its inputs key, unless the version those inputs produced
+    has been deleted since (a cache hit would then point at nothing)."""
+    key = ingest_inputs_key(settings)
+    if key is None:
+        return None
+    store = open_dataset_store(settings)
+    recorded = store.recall(key)
+    if recorded is not None and store.open(recorded) is None:
+        return f"{key}-rebuild-{uuid.uuid4().hex}"
+    return key
+
+
 def ingest_sources(settings: Settings) -> DatasetManifest:
-    return ingest(settings.data, settings.datasets_path)
+    return ingest(settings.data, store=open_dataset_store(settings), tokenizer_file=stats_tokenizer(settings), ingest_key=ingest_inputs_key(settings))
 
 
 def expand_dataset(settings: Settings, dataset_id: str) -> DatasetManifest:
@@ -122,8 +170,8 @@ def train_model(settings: Settings, dataset_id: str, *, progress: Callable[[dict
         report = train(
             base_model=base,
             settings=settings.train,
-            train_records=dataset_store.load_records(dataset, "train"),
-            eval_records=dataset_store.load_records(dataset, "validation"),
+            train_records=dataset_store.load_records(dataset, "train", settings.data.domains),
+            eval_records=dataset_store.load_records(dataset, "validation", settings.data.domains),
             run_dir=run_dir,
             report_to=tracker.report_to,
             run_name=run_id,
@@ -169,7 +217,7 @@ def fetch_version(settings: Settings, version: str) -> Path:
 
 def evaluate_model(settings: Settings, dataset_id: str, model_path: str, *, name: str) -> Evaluation:
     dataset = dataset_store.find_dataset(settings.datasets_path, dataset_id)
-    records = dataset_store.load_records(dataset, "validation")
+    records = dataset_store.load_records(dataset, "validation", settings.data.domains)
     loaded = load_for_inference(model_path, settings.train)
     return evaluate(loaded.model, loaded.tokenizer, records, settings.validate, max_length=settings.train.max_seq_length, name=name)
 

@@ -1,0 +1,190 @@
+"""Vectorised text operations on Arrow string arrays, the hot path of ingest.
+
+Per-row Python costs several microseconds a row; these functions work on whole Arrow
+buffers (numpy over the bytes, Arrow compute kernels) so that a million rows take seconds.
+The scalar helpers (:func:`normalise`, :func:`row_key`) run the very same code on one
+value, so there is one definition of "normalised" and "duplicate", not two.
+"""
+
+from __future__ import annotations
+
+import binascii
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+# ASCII upper case -> lower case, ASCII whitespace (\t \n \v \f \r) -> space; bytes of
+# multi-byte UTF-8 sequences are >= 0x80 and pass through unchanged.
+_FOLD = bytearray(range(256))
+_FOLD[ord("A"): ord("Z") + 1] = bytes(range(ord("a"), ord("z") + 1))
+for _byte in (9, 10, 11, 12, 13):
+    _FOLD[_byte] = 32
+_FOLD = bytes(_FOLD)
+_SPACE = np.uint8(32)
+# Unicode whitespace that is not ASCII: NEL and the separator categories (no-break space, em space, ...).
+_UNICODE_SPACE = r"[\x{85}\p{Z}]"
+_CONTROL = r"[\x{0}-\x{1f}]"
+
+ROLE_CODES = {"system": 1, "user": 2, "assistant": 3, "tool": 4}
+
+
+def as_string_array(values: pa.Array | pa.ChunkedArray) -> pa.StringArray:
+    """A single-chunk ``string`` array with nulls as empty strings."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+    if not pa.types.is_string(values.type):
+        values = values.cast(pa.string())
+    if values.null_count:
+        values = pc.fill_null(values, "")
+    return values
+
+
+def _buffers(values: pa.StringArray) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes, offsets from 0) of a string array, without copying the bytes."""
+    n = len(values)
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int32, count=n + 1, offset=values.offset * 4).astype(np.int64)
+    start, end = int(offsets[0]), int(offsets[-1])
+    data = np.frombuffer(values.buffers()[2], dtype=np.uint8, count=end - start, offset=start) if end > start else np.empty(0, np.uint8)
+    return data, offsets - start
+
+
+def _drop(data: np.ndarray, offsets: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Remove the bytes at sorted ``positions`` and shift the offsets accordingly."""
+    if not len(positions):
+        return data, offsets
+    return np.delete(data, positions), offsets - np.searchsorted(positions, offsets)
+
+
+def normalised_bytes(values: pa.Array | pa.ChunkedArray, ascii: pa.Array | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each string lower-cased, whitespace runs collapsed to one space, ends trimmed.
+
+    Returns the normalised bytes of all strings back to back and their offsets. Strings
+    with non-ASCII text go through Arrow's Unicode lower-casing first; the rest is
+    byte-level. ``ascii``: ``string_is_ascii`` of the values, when the caller has it.
+    """
+    values = as_string_array(values)
+    ascii = pc.string_is_ascii(values) if ascii is None else ascii
+    if len(values) and not pc.all(ascii).as_py():
+        unicode_rows = pc.invert(ascii)
+        fixed = pc.replace_substring_regex(pc.utf8_lower(values.filter(unicode_rows)), _UNICODE_SPACE, " ")
+        values = pc.replace_with_mask(values, unicode_rows, fixed)
+    raw, offsets = _buffers(values)
+    data = np.frombuffer(raw.tobytes().translate(_FOLD), dtype=np.uint8)
+    space = data == _SPACE
+    after_space = np.empty_like(space)
+    if len(space):
+        after_space[0] = True
+        after_space[1:] = space[:-1]
+        after_space[offsets[:-1][offsets[:-1] < len(space)]] = True  # a string's first byte: leading spaces go
+    # Clean text has no runs, so this is usually a no-op.
+    data, offsets = _drop(data, offsets, np.flatnonzero(space & after_space))
+    ends = offsets[1:]
+    if len(data):
+        last = ends[ends > offsets[:-1]] - 1
+        data, offsets = _drop(data, offsets, last[data[last] == _SPACE])
+    return data, offsets
+
+
+def normalise(text: str) -> str:
+    """The normalisation duplicates are judged by, for one string."""
+    data, _ = normalised_bytes(pa.array([text], pa.string()))
+    return data.tobytes().decode("utf-8")
+
+
+def conversation_regions(contents: pa.Array, role_codes: np.ndarray, ascii: pa.Array | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each message as its role code followed by its normalised text, back to back.
+
+    Returns the bytes and where each message starts (messages + 1); a row whose messages
+    are ``i..j`` spans ``starts[i]:starts[j]``, so ``starts[message_offsets]`` gives row regions.
+    """
+    data, offsets = normalised_bytes(contents, ascii)
+    joined = np.insert(data, offsets[:-1], role_codes.astype(np.uint8))
+    return joined, offsets + np.arange(len(offsets), dtype=np.int64)
+
+
+def hash_regions(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """xxh3-64 of each byte region, as uint64."""
+    view = memoryview(data)
+    bounds = offsets.tolist()
+    digest = xxhash.xxh3_64_intdigest
+    return np.fromiter((digest(view[bounds[i]: bounds[i + 1]]) for i in range(len(bounds) - 1)), dtype=np.uint64, count=len(bounds) - 1)
+
+
+def region_strings(data: np.ndarray, offsets: np.ndarray, rows: Iterable[int]) -> list[str]:
+    return [data[offsets[i]: offsets[i + 1]].tobytes().decode("utf-8") for i in rows]
+
+
+def row_key(messages: Sequence[tuple[str, str]]) -> bytes:
+    """The bytes a conversation's identity and duplicate check are computed from."""
+    contents = pa.array([content for _, content in messages], pa.string())
+    codes = np.array([ROLE_CODES[role] for role, _ in messages], dtype=np.uint8)
+    data, _ = conversation_regions(contents, codes)
+    return data.tobytes()
+
+
+def hex_ids(ids: np.ndarray) -> pa.StringArray:
+    """uint64 ids as 16-character lower-case hex strings."""
+    count = len(ids)
+    hexed = binascii.hexlify(ids.astype(">u8").tobytes())
+    offsets = np.arange(0, 16 * count + 1, 16, dtype=np.int32)
+    return pa.StringArray.from_buffers(count, pa.py_buffer(offsets.tobytes()), pa.py_buffer(hexed))
+
+
+def hex_id(value: int) -> str:
+    return f"{value:016x}"
+
+
+# JSON objects, column by column --------------------------------------------------------
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        # Binary payloads (e.g. HEAD-QA images) would bloat every row's meta; keep their size.
+        return f"<{len(value)} bytes>"
+    return str(value)
+
+
+def python_json(values: Iterable[Any]) -> list[str | None]:
+    return [None if v is None else orjson.dumps(v, default=_json_default, option=orjson.OPT_SORT_KEYS).decode() for v in values]
+
+
+def json_values(values: pa.Array | pa.ChunkedArray) -> pa.StringArray:
+    """Each value as JSON text; null stays null (the key is then left out of the object)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+    kind = values.type
+    if pa.types.is_null(kind):
+        return pa.nulls(len(values), pa.string())
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        values = values.cast(pa.string())
+        escaped = pc.replace_substring(pc.replace_substring(values, "\\", "\\\\"), '"', '\\"')
+        quoted = pc.binary_join_element_wise('"', escaped, '"', "")
+        control = pc.fill_null(pc.match_substring_regex(values, _CONTROL), False)
+        if pc.any(control).as_py():
+            exact = pa.array(python_json(values.filter(control).to_pylist()), pa.string())
+            quoted = pc.replace_with_mask(quoted, control, exact)
+        return quoted
+    if pa.types.is_integer(kind):
+        return values.cast(pa.string())
+    if pa.types.is_floating(kind):
+        finite = pc.is_finite(values)
+        return pc.if_else(pc.and_kleene(pc.is_valid(values), pc.invert(finite)), "null", values.cast(pa.string()))
+    if pa.types.is_boolean(kind):
+        return pc.if_else(values, "true", "false")
+    return pa.array(python_json(values.to_pylist()), pa.string())
+
+
+def json_objects(fields: dict[str, pa.Array], length: int) -> pa.StringArray:
+    """One JSON object per row from named columns, keys sorted, null values left out."""
+    pieces = []
+    for name in sorted(fields):
+        prefix = orjson.dumps(name).decode() + ":"
+        pieces.append(pc.binary_join_element_wise(prefix, json_values(fields[name]), ""))
+    if not pieces:
+        return pa.array(["{}"] * length, pa.string())
+    body = pc.binary_join_element_wise(*pieces, ",", null_handling="skip")
+    return pc.binary_join_element_wise("{", body, "}", "")
