@@ -468,7 +468,7 @@ def adapt_head_qa(table: pa.Table, options: AdapterOptions) -> Adapted:
         texts: list[str] = []
         options_per_row.append(texts)
         qid = qid_values[row]
-        groups.append(f"head_qa:{name_values[row]}:{str(qid).strip()}" if qid is not None else None)
+        groups.append(f"head_qa:{str(name_values[row]).strip()}:{str(qid).strip()}" if qid is not None else None)
         items = answer_rows[row]
         if not isinstance(items, list) or not 2 <= len(items) <= len(CHOICE_LETTERS):
             errors.add_row(row, "invalid_value", "field 'answers' must be a list of 2 to 26 {aid, atext} options")

@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 
 from .records import Record
 from .splits import SPLITS
+from .storage import NotFound, ObjectStore, PreconditionFailed
 
 MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.jsonl"
@@ -213,6 +214,85 @@ class LocalDatasetStore(DatasetStore):
     def recall(self, key: str) -> str | None:
         entry = self.root / ".ingest-keys" / key
         return entry.read_text().strip() if entry.is_file() else None
+
+
+class ObjectDatasetStore(DatasetStore):
+    """Versions as objects ``<prefix>/<id>/<file>`` in an :class:`~fragua.storage.ObjectStore`
+    (S3, or the local-directory store); opened versions are cached in a local folder.
+
+    The manifest is uploaded last with a create-only write, so a version without one does
+    not exist and two writers of the same content cannot both publish it."""
+
+    def __init__(self, objects: ObjectStore, cache: Path, prefix: str = "datasets") -> None:
+        self.objects = objects
+        self.cache = Path(cache)
+        self.prefix = prefix.strip("/")
+
+    def _key(self, *parts: str) -> str:
+        return "/".join([self.prefix, *parts])
+
+    def describe(self) -> str:
+        return f"{self.objects.describe()}/{self.prefix}"
+
+    def location(self, ident: str) -> str:
+        return f"{self.describe()}/{ident}"
+
+    def staging(self) -> Path:
+        self.cache.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.cache))
+
+    def commit(self, staging: Path, ident: str) -> Path:
+        try:
+            if not self.objects.exists(self._key(ident, MANIFEST)):
+                for path in sorted(staging.iterdir()):
+                    if path.name != MANIFEST:
+                        self.objects.put_file(self._key(ident, path.name), path)
+                try:
+                    self.objects.put_bytes(self._key(ident, MANIFEST), (staging / MANIFEST).read_bytes(), if_none_match=True)
+                except PreconditionFailed:
+                    pass  # another writer published the same content first
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        folder = self.open(ident)
+        assert folder is not None
+        return folder
+
+    def open(self, ident: str) -> Path | None:
+        if not self.objects.exists(self._key(ident, MANIFEST)):
+            return None
+        folder = self.cache / ident
+        if not (folder / MANIFEST).is_file():
+            self.cache.mkdir(parents=True, exist_ok=True)
+            partial = Path(tempfile.mkdtemp(prefix=f".{ident}-", dir=self.cache))
+            for key in self.objects.list_keys(self._key(ident) + "/"):
+                self.objects.get_file(key, partial / key.rsplit("/", 1)[-1])
+            try:
+                os.rename(partial, folder)
+            except OSError:
+                shutil.rmtree(partial, ignore_errors=True)
+        return folder
+
+    def ids(self) -> list[str]:
+        manifests = [k for k in self.objects.list_keys(self.prefix + "/") if k.endswith(f"/{MANIFEST}") and k.count("/") == self.prefix.count("/") + 2]
+        loaded = [DatasetManifest.model_validate_json(self.objects.get_bytes(k)[0]) for k in manifests]
+        return [m.id for m in sorted(loaded, key=lambda m: (m.created_at, m.id))]
+
+    def instance(self) -> str:
+        key = self._key(".store-id")
+        try:
+            self.objects.put_bytes(key, uuid.uuid4().hex.encode(), if_none_match=True)
+        except PreconditionFailed:
+            pass
+        return self.objects.get_bytes(key)[0].decode()
+
+    def remember(self, key: str, ident: str) -> None:
+        self.objects.put_bytes(self._key(".ingest-keys", key), ident.encode())
+
+    def recall(self, key: str) -> str | None:
+        try:
+            return self.objects.get_bytes(self._key(".ingest-keys", key))[0].decode()
+        except NotFound:
+            return None
 
 
 # Writing --------------------------------------------------------------------------------

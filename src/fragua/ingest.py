@@ -120,8 +120,40 @@ def _options(settings: DataSettings) -> AdapterOptions:
 
 def prepare(raw: RawBatch, fmt: str, source: Source, settings: DataSettings) -> Prepared:
     """Everything that depends on one row alone; runs on worker threads."""
-    assert raw.table is not None
-    adapted = ADAPTERS[fmt](raw.table, _options(settings))
+    if raw.positions is None:
+        return _prepare_table(raw, raw.tables[0], raw.locations, fmt, source, settings)
+    # Tables of differently typed rows: prepare each, then put the rows back in chunk order.
+    order = np.argsort(np.argsort(np.concatenate(raw.positions), kind="stable"), kind="stable")
+    pieces, start = [], 0
+    for table in raw.tables:
+        rank = order[start: start + table.num_rows]
+        pieces.append(_prepare_table(raw, table, raw.locations.take(pa.array(rank)), fmt, source, settings))
+        start += table.num_rows
+    back = np.argsort(order, kind="stable")
+    errors = RowErrors(len(order))
+    errors.codes = np.concatenate([p.errors.codes for p in pieces])[back]
+    offset = 0
+    for piece in pieces:
+        for row, reason in piece.errors.reasons.items():
+            errors.reasons[int(order[offset + row])] = reason
+        offset += len(piece.ids)
+    near = None
+    if settings.near_dedupe:
+        joined = [text for p in pieces for text in (p.near_texts or [])]
+        near = [joined[i] for i in back.tolist()]
+    taken = pa.array(back)
+    return Prepared(
+        raw, errors, np.concatenate([p.ids for p in pieces])[back],
+        pa.concat_tables([p.output for p in pieces]).take(taken),
+        np.concatenate([p.split_codes for p in pieces])[back],
+        np.concatenate([p.unanswerable for p in pieces])[back],
+        pa.concat_arrays([p.conversations for p in pieces]).take(taken),
+        near,
+    )
+
+
+def _prepare_table(raw: RawBatch, table: pa.Table, locations: pa.Array, fmt: str, source: Source, settings: DataSettings) -> Prepared:
+    adapted = ADAPTERS[fmt](table, _options(settings))
     length = adapted.length
     texts = message_texts(adapted)
     check_lengths(adapted, texts, settings)
@@ -160,7 +192,7 @@ def prepare(raw: RawBatch, fmt: str, source: Source, settings: DataSettings) -> 
     codes = split_codes(group_hashes, settings.split_seed, settings.validation_fraction, settings.test_fraction)
 
     meta_fields = dict(adapted.meta)
-    meta_fields["source_location" if "location" in meta_fields else "location"] = raw.locations
+    meta_fields["source_location" if "location" in meta_fields else "location"] = locations
     output = pa.table(
         {
             "id": hex_ids(ids),
@@ -281,11 +313,11 @@ def _run(settings: DataSettings, folder: Path, *, sample: bool) -> _Build:
                 pending: deque[Future[Prepared]] = deque()
                 fmt: str | None = None
                 for raw in read_batches(source, settings.batch_size):
-                    if raw.table is None:
+                    if not raw.tables:
                         build.failures(tally, raw)
                         continue
                     if fmt is None:
-                        fmt = tally.format = choose_format(source, raw.table)
+                        fmt = tally.format = choose_format(source, raw.tables[0])
                     pending.append(pool.submit(prepare, raw, fmt, source, settings))
                     while len(pending) >= IN_FLIGHT:
                         build.finish(tally, pending.popleft().result())

@@ -23,6 +23,7 @@ from .gates import Decision, decide
 from .ingest import IngestError, ingest, sources_fingerprint
 from .sources import file_sha256
 from .modeling import ModelLoadError, load_for_inference
+from .records import Record
 from .registry import PRODUCTION, AliasState, Registry, RegistryError, VersionManifest, size_label
 from .report import model_card, validation_report
 from .settings import Settings
@@ -60,6 +61,11 @@ class DeployOutcome(BaseModel):
 
 def open_dataset_store(settings: Settings) -> DatasetStore:
     return LocalDatasetStore(settings.datasets_path)
+
+
+def dataset_split(settings: Settings, dataset: DatasetManifest, split: str) -> list[Record]:
+    """A split of a dataset version as training and evaluation see it: only data.domains, if set."""
+    return dataset_store.load_records(dataset, split, settings.data.domains)
 
 
 def stats_tokenizer(settings: Settings) -> Path | None:
@@ -170,8 +176,8 @@ def train_model(settings: Settings, dataset_id: str, *, progress: Callable[[dict
         report = train(
             base_model=base,
             settings=settings.train,
-            train_records=dataset_store.load_records(dataset, "train", settings.data.domains),
-            eval_records=dataset_store.load_records(dataset, "validation", settings.data.domains),
+            train_records=dataset_split(settings, dataset, "train"),
+            eval_records=dataset_split(settings, dataset, "validation"),
             run_dir=run_dir,
             report_to=tracker.report_to,
             run_name=run_id,
@@ -217,7 +223,7 @@ def fetch_version(settings: Settings, version: str) -> Path:
 
 def evaluate_model(settings: Settings, dataset_id: str, model_path: str, *, name: str) -> Evaluation:
     dataset = dataset_store.find_dataset(settings.datasets_path, dataset_id)
-    records = dataset_store.load_records(dataset, "validation", settings.data.domains)
+    records = dataset_split(settings, dataset, "validation")
     loaded = load_for_inference(model_path, settings.train)
     return evaluate(loaded.model, loaded.tokenizer, records, settings.validate, max_length=settings.train.max_seq_length, name=name)
 

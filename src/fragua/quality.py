@@ -3,7 +3,8 @@
 The quality score of a row is the mean of four components, each in [0, 1]:
 
 - ``symbols``: share of the question and answer characters that are ASCII punctuation or
-  symbols, control characters or U+FFFD (markup, mojibake, keyboard mashing). Up to 25 %
+  symbols, control characters or U+FFFD (markup, mojibake, keyboard mashing), counted over
+  at least 20 characters so that a short "2+2?" is not judged by its one symbol. Up to 25 %
   scores 1, 50 % or more scores 0, linear in between.
 - ``echo``: 0 when the answer, normalised, repeats the question; else 1.
 - ``placeholder``: 0 when the answer is a placeholder ("n/a", "todo", "lorem ipsum", ...); else 1.
@@ -27,6 +28,7 @@ from .textops import ROLE_CODES, conversation_regions
 
 COMPONENTS = ("symbols", "echo", "placeholder", "shouting")
 SYMBOLS_OK, SYMBOLS_BAD = 0.25, 0.50
+SYMBOLS_MIN_CHARS = 20
 SHOUTING_MIN_CHARS = 20
 PLACEHOLDERS = frozenset(
     {"n/a", "na", "none", "null", "nil", "nan", "todo", "tbd", "tba", "fixme", "xxx", "?", "??", "...", "-", "--", ".", "test", "answer", "placeholder"}
@@ -109,7 +111,7 @@ def quality_components(adapted: Adapted, texts: MessageTexts) -> dict[str, np.nd
     symbols = pc.count_substring_regex(adapted.contents, _SYMBOL).to_numpy().astype(np.float64)
     total = np.bincount(parent[talk], weights=texts.characters[talk], minlength=length)
     odd = np.bincount(parent[talk], weights=symbols[talk], minlength=length)
-    share = np.divide(odd, total, out=np.zeros(length), where=total > 0)
+    share = odd / np.maximum(total, SYMBOLS_MIN_CHARS)
     symbol_score = np.clip((SYMBOLS_BAD - share) / (SYMBOLS_BAD - SYMBOLS_OK), 0.0, 1.0)
 
     has_messages = counts > 0
@@ -175,11 +177,11 @@ class NearDuplicates:
         self._signatures: list[np.ndarray] = []
         self._ids: list[str] = []
 
-    def shingles(self, text: str) -> list[str]:
+    def shingles(self, text: str) -> list[bytes]:
         words = _WORD.findall(text)
         if len(words) < self.ngram:
-            return [" ".join(words)] if words else []
-        return [" ".join(words[i: i + self.ngram]) for i in range(len(words) - self.ngram + 1)]
+            return [" ".join(words).encode()] if words else []
+        return [" ".join(words[i: i + self.ngram]).encode() for i in range(len(words) - self.ngram + 1)]
 
     def check(self, text: str, record_id: str) -> tuple[str, float] | None:
         """(id of the earlier row, estimated similarity) if ``text`` nearly repeats one; else index it."""

@@ -139,10 +139,10 @@ class DataSettings(Section):
         False, description="Also quarantine near-duplicates: MinHash/LSH (datasketch) over word n-grams of question and answer. Slower; see the README for its rate."
     )
     near_dedupe_threshold: float = Field(
-        0.85, gt=0.0, le=1.0, description="Estimated Jaccard similarity of word n-gram sets at or above which a row is a near-duplicate of an earlier kept row."
+        0.85, ge=0.3, le=0.95, description="Estimated Jaccard similarity of word n-gram sets at or above which a row is a near-duplicate of an earlier kept row."
     )
     near_dedupe_num_perm: int = Field(
-        64, ge=16, le=512, description="MinHash permutations: more estimate similarity more precisely and cost time and memory."
+        64, ge=32, le=512, description="MinHash permutations: more estimate similarity more precisely and cost time and memory."
     )
     near_dedupe_ngram: int = Field(3, ge=1, le=10, description="Words per shingle for near-duplicate detection; smaller catches more rewordings of short texts.")
     quality_threshold: float = Field(
@@ -173,6 +173,11 @@ class DataSettings(Section):
     def _consistent(self) -> DataSettings:
         if self.min_chars > self.max_chars:
             raise ValueError(f"data.min_chars ({self.min_chars}) must not exceed data.max_chars ({self.max_chars})")
+        if self.near_dedupe_threshold > 0.9 and self.near_dedupe_num_perm < 64:
+            raise ValueError(
+                f"data.near_dedupe_threshold {self.near_dedupe_threshold} needs data.near_dedupe_num_perm >= 64 "
+                f"(got {self.near_dedupe_num_perm}): with fewer, the LSH index cannot form two bands"
+            )
         if self.validation_fraction + self.test_fraction >= 1.0:
             raise ValueError(
                 f"data.validation_fraction ({self.validation_fraction}) + data.test_fraction ({self.test_fraction}) must leave rows for training (sum below 1)"

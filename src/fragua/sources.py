@@ -9,7 +9,6 @@ the rest of the batch carries on.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import hashlib
 import io
@@ -53,16 +52,25 @@ class Source:
 
 @dataclass
 class RawBatch:
-    """Rows of one source that parsed into a table, plus those that did not."""
+    """A chunk of one source: the rows that parsed, as one or more tables, and those that did not.
 
-    table: pa.Table | None
-    locations: pa.Array | None
-    original: Callable[[int], Any]  # the table's row i as the user wrote it
+    Rows whose values disagree in type need separate tables; ``positions`` then says where
+    each table's rows sit in the chunk, and ``locations``/``original`` follow chunk order.
+    """
+
+    tables: list[pa.Table]
+    locations: pa.Array | None  # one per table row, in chunk order
+    original: Callable[[int], Any]  # row i in chunk order, as the user wrote it
     failures: list[tuple[str, RowError, Any]] = field(default_factory=list)  # (location, error, raw text)
+    positions: list[np.ndarray] | None = None  # None: a single table already in chunk order
+
+    @property
+    def parsed(self) -> int:
+        return sum(t.num_rows for t in self.tables)
 
     @property
     def rows(self) -> int:
-        return (self.table.num_rows if self.table is not None else 0) + len(self.failures)
+        return self.parsed + len(self.failures)
 
 
 def _is_dataset_folder(path: Path) -> bool:
@@ -191,21 +199,18 @@ def _faithful(table: pa.Table) -> bool:
     return True
 
 
-def _rows_batches(rows: list[dict[str, Any]], locations: list[str], failures: list[tuple[str, RowError, Any]], raw: Callable[[int], Any]) -> Iterator[RawBatch]:
-    """Python rows -> one RawBatch per table of type-compatible rows."""
+def _rows_batch(rows: list[dict[str, Any]], locations: list[str], failures: list[tuple[str, RowError, Any]]) -> RawBatch:
+    """Python rows -> a RawBatch (tables of type-compatible rows, in chunk order)."""
     tables, failed = tables_from_rows(rows)
-    failures = failures + [(locations[i], error, raw(i)) for i, error in sorted(failed.items())]
-    if not tables:
-        yield RawBatch(None, None, lambda i: None, failures)
-        return
-    for number, (table, positions) in enumerate(tables):
-        chosen = positions.tolist()
-        yield RawBatch(
-            table,
-            pa.array([locations[i] for i in chosen], pa.string()),
-            lambda i, chosen=chosen: rows[chosen[i]],
-            failures if number == 0 else [],
-        )
+    failures = failures + [(locations[i], error, rows[i]) for i, error in sorted(failed.items())]
+    order = np.sort(np.concatenate([p for _, p in tables])).tolist() if tables else []
+    return RawBatch(
+        [t for t, _ in tables],
+        pa.array([locations[i] for i in order], pa.string()),
+        lambda i: rows[order[i]],
+        failures,
+        positions=[p for _, p in tables] if len(tables) > 1 else None,
+    )
 
 
 def _jsonl_chunk(lines: list[bytes], first_line: int) -> Iterator[RawBatch]:
@@ -221,7 +226,7 @@ def _jsonl_chunk(lines: list[bytes], first_line: int) -> Iterator[RawBatch]:
         options = pa_json.ReadOptions(block_size=max(1 << 20, 2 * int(sizes.max())))
         table = pa_json.read_json(io.BytesIO(data), read_options=options)
         if table.num_rows == len(nonblank) and _faithful(table):
-            yield RawBatch(table, _line_locations(numbers), lambda i: orjson.loads(lines[nonblank[i]]))
+            yield RawBatch([table], _line_locations(numbers), lambda i: orjson.loads(lines[nonblank[i]]))
             return
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError):
         pass  # a bad line, or types that differ between rows: parse line by line below
@@ -233,7 +238,7 @@ def _jsonl_chunk(lines: list[bytes], first_line: int) -> Iterator[RawBatch]:
         else:
             rows.append(parsed)
             locations.append(f"line {number}")
-    yield from _rows_batches(rows, locations, failures, lambda i: rows[i])
+    yield _rows_batch(rows, locations, failures)
 
 
 def _jsonl(source: Source, batch_size: int) -> Iterator[RawBatch]:
@@ -339,7 +344,7 @@ def _python_batches(located: Iterator[tuple[str, Any]], batch_size: int) -> Iter
             else:
                 rows.append(value)
                 locations.append(location)
-        yield from _rows_batches(rows, locations, failures, lambda i, rows=rows: rows[i])
+        yield _rows_batch(rows, locations, failures)
 
 
 def _json(source: Source, batch_size: int) -> Iterator[RawBatch]:
@@ -388,7 +393,7 @@ def _table_batches(table_batches: Iterator[pa.Table], prefix: str) -> Iterator[R
     for table in table_batches:
         numbers = pa.array(np.arange(start, start + table.num_rows)).cast(pa.string())
         yield RawBatch(
-            table,
+            [table],
             pc.binary_join_element_wise(f"{prefix}row ", numbers, ""),
             lambda i, table=table: {k: v for k, v in table.slice(i, 1).to_pylist()[0].items() if v is not None},
         )
@@ -466,10 +471,3 @@ _READERS: dict[str, Callable[[Source, int], Iterator[RawBatch]]] = {
 
 def read_batches(source: Source, batch_size: int) -> Iterator[RawBatch]:
     return _READERS[source.kind](source, batch_size)
-
-
-def quarantine_text(raw: Any) -> Any:
-    """The part of a failed row worth showing: bytes are decoded with replacement characters."""
-    if isinstance(raw, bytes):
-        return codecs.decode(raw, "utf-8", "replace")
-    return raw
