@@ -438,69 +438,85 @@ def adapt_multiple_choice(table: pa.Table, options: AdapterOptions) -> Adapted:
                     answer=columns["answer"], choices=columns["choices"], domain=domain)
 
 
-def _integer(value: Any) -> int | None:
-    """HEAD-QA ids: ints, or strings such as ' 3'."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
-    return None
+def _integers(values: pa.Array | None, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 values, usable mask) from integers or numeric strings such as ' 3' (HEAD-QA ids)."""
+    numbers = np.full(length, -1, dtype=np.int64)
+    if values is None:
+        return numbers, np.zeros(length, bool)
+    if pa.types.is_integer(values.type):
+        usable = _mask(values.is_valid())
+        numbers[usable] = values.filter(pa.array(usable)).to_numpy().astype(np.int64)
+        return numbers, usable
+    if not _is_text(values.type):
+        return numbers, np.zeros(length, bool)
+    stripped = pc.utf8_trim_whitespace(as_string_array(values))
+    usable = _mask(pc.utf8_is_digit(stripped)) & _mask(values.is_valid())
+    numbers[usable] = pc.cast(stripped.filter(pa.array(usable)), pa.int64()).to_numpy()
+    return numbers, usable
+
+
+def _first_per_row(flags: np.ndarray, parent: np.ndarray, length: int) -> np.ndarray:
+    """Index of the first flagged item of each row (-1 where none is)."""
+    first = np.full(length, -1, dtype=np.int64)
+    where = np.flatnonzero(flags)
+    rows, position = np.unique(parent[where], return_index=True)
+    first[rows] = where[position]
+    return first
 
 
 def adapt_head_qa(table: pa.Table, options: AdapterOptions) -> Adapted:
     length = table.num_rows
     errors = RowErrors(length)
     question = _text(table, "qtext", errors, required=True)
-    answers = _column(table, "answers")
-    right = _column(table, "ra")
-    answer_rows = answers.to_pylist() if answers is not None else [None] * length
-    right_values = right.to_pylist() if right is not None else [None] * length
-    names = _column(table, "name")
-    qids = _column(table, "qid")
-    name_values = names.to_pylist() if names is not None else [None] * length
-    qid_values = qids.to_pylist() if qids is not None else [None] * length
-    options_per_row: list[list[str]] = []
-    index = np.zeros(length, dtype=np.int64)
-    groups: list[str | None] = []
-    for row in range(length):
-        texts: list[str] = []
-        options_per_row.append(texts)
-        qid = qid_values[row]
-        groups.append(f"head_qa:{str(name_values[row]).strip()}:{str(qid).strip()}" if qid is not None else None)
-        items = answer_rows[row]
-        if not isinstance(items, list) or not 2 <= len(items) <= len(CHOICE_LETTERS):
-            errors.add_row(row, "invalid_value", "field 'answers' must be a list of 2 to 26 {aid, atext} options")
-            continue
-        ids = []
-        for position, item in enumerate(items):
-            text = item.get("atext") if isinstance(item, dict) else None
-            aid = _integer(item.get("aid")) if isinstance(item, dict) else None
-            if not isinstance(text, str) or not text.strip() or aid is None:
-                errors.add_row(row, "invalid_value", f"answers[{position}] must have a numeric 'aid' and a non-empty 'atext'")
-                break
-            texts.append(text)
-            ids.append(aid)
-        else:
-            wanted = _integer(right_values[row])
-            if wanted is None:
-                errors.add_row(row, "missing_field" if right_values[row] is None else "invalid_value",
-                               f"field 'ra' must be the aid of the right answer, got {right_values[row]!r}")
-            elif wanted not in ids:
-                errors.add_row(row, "invalid_value", f"ra {right_values[row]!r} matches no answer's aid ({', '.join(map(str, ids))})")
-            else:
-                index[row] = ids.index(wanted)
-        if errors.codes[row]:
-            texts.clear()
-    counts = np.array([len(t) for t in options_per_row], dtype=np.int64)
+    column = _column(table, "answers")
+    shape = "field 'answers' must be a list of 2 to 26 {aid, atext} options"
+    counts = np.zeros(length, dtype=np.int64)
+    texts = pa.array([], pa.string())
+    aids = np.empty(0, dtype=np.int64)
+    if column is None or not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+        errors.add(np.ones(length, bool), "missing_field" if column is None or pa.types.is_null(column.type) else "wrong_type", shape)
+    else:
+        counts = pc.fill_null(pc.list_value_length(column), 0).to_numpy().astype(np.int64)
+        errors.add((counts < 2) | (counts > len(CHOICE_LETTERS)), "invalid_value", shape)
+        items = column.flatten()
+        total = len(items)
+        usable = np.zeros(total, bool)
+        if pa.types.is_struct(items.type):
+            children = dict(zip([f.name for f in items.type], items.flatten()))
+            aids, numeric = _integers(children.get("aid"), total)
+            atext = children.get("atext")
+            if atext is not None and _is_text(atext.type):
+                texts = as_string_array(atext)
+                usable = numeric & _nonempty(texts) & _mask(atext.is_valid())
+        texts = texts if len(texts) == total else pa.array([""] * total, pa.string())
+        aids = aids if len(aids) == total else np.full(total, -1, dtype=np.int64)
+        parent = np.repeat(np.arange(length), counts)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        first_bad = _first_per_row(~usable, parent, length)
+        for row in np.flatnonzero(first_bad >= 0).tolist():
+            errors.add_row(row, "invalid_value", f"answers[{first_bad[row] - offsets[row]}] must have a numeric 'aid' and a non-empty 'atext'")
     offsets = np.zeros(length + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
-    flat = pa.array([t for texts in options_per_row for t in texts], pa.string())
+    right = _column(table, "ra")
+    wanted, numeric = _integers(right, length)
+    unset = np.flatnonzero(~numeric & errors.ok)
+    for row in unset.tolist():
+        value = right[row].as_py() if right is not None else None
+        errors.add_row(row, "missing_field" if value is None else "invalid_value", f"field 'ra' must be the aid of the right answer, got {value!r}")
+    parent = np.repeat(np.arange(length), counts)
+    match = _first_per_row(aids == wanted[parent], parent, length)
+    for row in np.flatnonzero((match < 0) & errors.ok).tolist():
+        listed = ", ".join(str(a) for a in aids[offsets[row]: offsets[row + 1]].tolist())
+        errors.add_row(row, "invalid_value", f"ra {right[row].as_py()!r} matches no answer's aid ({listed})")
+    index = np.where(match >= 0, match - offsets[:-1], 0)
+    names, qids = _optional_text(table, "name"), _optional_text(table, "qid")
+    group = (
+        pc.binary_join_element_wise("head_qa:", pc.utf8_trim_whitespace(names), ":", pc.utf8_trim_whitespace(qids), "")
+        if names is not None and qids is not None else pa.nulls(length, pa.string())
+    )
     domain = _domain(table, errors)
-    columns = _choice_columns(length, question, flat, offsets, index, errors)
+    columns = _choice_columns(length, question, texts, offsets, index, errors)
     parts = [("user", columns["user"], None), ("assistant", columns["assistant"], None)]
-    group = pa.array(groups, pa.string())
     adapted = _adapted(table, errors, parts, {"qtext", "answers", "domain"}, answer=columns["answer"], choices=columns["choices"], domain=domain)
     adapted.group = pc.coalesce(adapted.group, group) if adapted.group is not None else group
     adapted.meta["group"] = adapted.group
@@ -510,21 +526,21 @@ def adapt_head_qa(table: pa.Table, options: AdapterOptions) -> Adapted:
 # SQuAD ----------------------------------------------------------------------------------
 
 
-def _answer_texts(value: Any) -> list[str] | None:
-    """HF rows hold {'text': [...], 'answer_start': [...]}; the nested file a list of {text, answer_start}."""
-    if value is None:
-        return []
-    if isinstance(value, dict) and isinstance(value.get("text"), list):
-        texts = value["text"]
-    elif isinstance(value, list) and all(isinstance(item, dict) for item in value):
-        texts = [item.get("text") for item in value]
+def _answer_texts(column: pa.Array | None, length: int) -> tuple[pa.ListArray | None, np.ndarray]:
+    """Each row's answer texts: HF rows hold {'text': [...], 'answer_start': [...]}, rows from the
+    nested file a list of {text, answer_start}. Also which rows have an unusable shape."""
+    if column is None or pa.types.is_null(column.type):
+        return None, np.zeros(length, bool)
+    if pa.types.is_struct(column.type) and column.type.get_field_index("text") >= 0:
+        texts = column.field("text")
+    elif pa.types.is_list(column.type) and pa.types.is_struct(column.type.value_type) and column.type.value_type.get_field_index("text") >= 0:
+        counts = pc.fill_null(pc.list_value_length(column), 0).to_numpy()
+        texts = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)), column.flatten().field("text"), mask=column.is_null())
     else:
-        return None
-    return texts if all(isinstance(t, str) for t in texts) else None
-
-
-def squad_prompt(context: str, question: str) -> str:
-    return f"Context: {context}\n\nQuestion: {question}"
+        return None, _mask(column.is_valid())
+    if not (pa.types.is_list(texts.type) and (_is_text(texts.type.value_type) or pa.types.is_null(texts.type.value_type))):
+        return None, _mask(column.is_valid())
+    return texts, np.zeros(length, bool)
 
 
 def adapt_squad(table: pa.Table, options: AdapterOptions) -> Adapted:
@@ -532,29 +548,21 @@ def adapt_squad(table: pa.Table, options: AdapterOptions) -> Adapted:
     errors = RowErrors(length)
     context = _text(table, "context", errors, required=True)
     question = _text(table, "question", errors, required=True)
-    answers = _column(table, "answers")
+    texts, malformed = _answer_texts(_column(table, "answers"), length)
+    errors.add(malformed, "wrong_type", "field 'answers' must be {text: [...], answer_start: [...]} or a list of {text, answer_start}")
+    first = np.full(length, -1, dtype=np.int64)
+    flat = pa.array([], pa.string())
+    if texts is not None:
+        counts = pc.fill_null(pc.list_value_length(texts), 0).to_numpy().astype(np.int64)
+        flat = as_string_array(texts.flatten()) if _is_text(texts.type.value_type) else pa.array([""] * int(counts.sum()), pa.string())
+        first = _first_per_row(_nonempty(flat), np.repeat(np.arange(length), counts), length)
     impossible = _column(table, "is_impossible")
-    answer_values = answers.to_pylist() if answers is not None else [None] * length
-    impossible_values = impossible.to_pylist() if impossible is not None else [None] * length
-    targets: list[str] = []
-    unanswerable = np.zeros(length, bool)
-    for row in range(length):
-        texts = _answer_texts(answer_values[row])
-        if texts is None:
-            errors.add_row(row, "wrong_type", "field 'answers' must be {text: [...], answer_start: [...]} or a list of {text, answer_start}")
-            targets.append("")
-            continue
-        texts = [t for t in texts if t.strip()]
-        if impossible_values[row] is True or not texts:
-            unanswerable[row] = True
-            targets.append(options.no_answer_text)
-            if options.squad_unanswerable == "drop":
-                errors.add_row(row, "unanswerable", "unanswerable question (no answer in the context); data.squad_unanswerable = 'drop'")
-        else:
-            targets.append(texts[0])
-    target = pa.array(targets, pa.string())
-    contexts = context.to_pylist()
-    groups = pa.array([f"squad:{xxhash.xxh3_64_hexdigest(c.strip().encode())}" for c in contexts], pa.string())
+    flagged = _mask(impossible) if impossible is not None and pa.types.is_boolean(impossible.type) else np.zeros(length, bool)
+    unanswerable = (flagged | (first < 0)) & ~malformed
+    target = pa.concat_arrays([flat, pa.array([options.no_answer_text], pa.string())]).take(pa.array(np.where(unanswerable | (first < 0), len(flat), first)))
+    if options.squad_unanswerable == "drop":
+        errors.add(unanswerable, "unanswerable", "unanswerable question (no answer in the context); data.squad_unanswerable = 'drop'")
+    groups = pa.array([f"squad:{xxhash.xxh3_64_hexdigest(c.strip().encode())}" for c in context.to_pylist()], pa.string())
     prompt = pc.binary_join_element_wise("Context: ", context, "\n\nQuestion: ", question, "")
     domain = _domain(table, errors)
     parts = [("user", prompt, None), ("assistant", target, None)]

@@ -298,24 +298,38 @@ class ObjectDatasetStore(DatasetStore):
 # Writing --------------------------------------------------------------------------------
 
 
-def _digest_array(digests: dict[str, Any], path: str, array: pa.Array) -> None:
-    """Feed an array's values (not its buffer layout) to one running digest per part
-    (validity, lengths, bytes) of each column: batch boundaries and slicing do not change
-    the result."""
-    digests[f"{path}/valid"].update(pc.is_valid(array).to_numpy(zero_copy_only=False).tobytes())
-    kind = array.type
-    if pa.types.is_string(kind) or pa.types.is_list(kind):
-        offsets = np.frombuffer(array.buffers()[1], dtype=np.int32, count=len(array) + 1, offset=array.offset * 4)
-        digests[f"{path}/lengths"].update(np.diff(offsets).tobytes())
-        if pa.types.is_list(kind):
-            _digest_array(digests, f"{path}[]", array.values.slice(offsets[0], offsets[-1] - offsets[0]))
-        elif offsets[-1] > offsets[0]:
-            digests[f"{path}/bytes"].update(memoryview(array.buffers()[2])[offsets[0]: offsets[-1]])
-    elif pa.types.is_struct(kind):
-        for index in range(kind.num_fields):
-            _digest_array(digests, f"{path}.{kind.field(index).name}", array.field(index))  # field() applies the offset
-    else:
-        raise TypeError(f"cannot digest a {kind} column")
+class _ContentDigest:
+    """Running digests of a version's values, one per part (null positions, lengths, bytes)
+    of each column: the result depends on the values in order, not on batch boundaries."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, Any] = defaultdict(hashlib.sha256)
+        self.seen: Counter[str] = Counter()  # values so far per column path, for null positions
+
+    def update(self, path: str, array: pa.Array) -> None:
+        if array.null_count:
+            nulls = np.flatnonzero(~pc.is_valid(array).to_numpy(zero_copy_only=False)) + self.seen[path]
+            self.parts[f"{path}/nulls"].update(nulls.astype("<i8").tobytes())
+        self.seen[path] += len(array)
+        kind = array.type
+        if pa.types.is_string(kind) or pa.types.is_list(kind):
+            offsets = np.frombuffer(array.buffers()[1], dtype=np.int32, count=len(array) + 1, offset=array.offset * 4)
+            self.parts[f"{path}/lengths"].update(np.diff(offsets).tobytes())
+            if pa.types.is_list(kind):
+                self.update(f"{path}[]", array.values.slice(offsets[0], offsets[-1] - offsets[0]))
+            elif offsets[-1] > offsets[0]:
+                self.parts[f"{path}/bytes"].update(memoryview(array.buffers()[2])[offsets[0]: offsets[-1]])
+        elif pa.types.is_struct(kind):
+            for index in range(kind.num_fields):
+                self.update(f"{path}.{kind.field(index).name}", array.field(index))  # field() applies the offset
+        else:
+            raise TypeError(f"cannot digest a {kind} column")
+
+    def digest(self) -> bytes:
+        combined = hashlib.sha256()
+        for part in sorted(self.parts):
+            combined.update(f"{part}=".encode() + self.parts[part].digest() + b"\n")
+        return combined.digest()
 
 
 def _value_counts(values: pa.ChunkedArray) -> dict[str, int]:
@@ -326,10 +340,11 @@ def _value_counts(values: pa.ChunkedArray) -> dict[str, int]:
 class VersionWriter:
     """Streams record batches into ``<staging>/<split>.parquet`` while digesting the content."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, compression: str = "snappy") -> None:
         self.folder = folder
+        self.compression = compression
         self._writers: dict[str, pq.ParquetWriter] = {}
-        self._digests: dict[str, Any] = defaultdict(hashlib.sha256)
+        self._digest = _ContentDigest()
         self.counts: Counter[str] = Counter()
         self.domains: dict[str, Counter[str]] = defaultdict(Counter)
         self.origins: Counter[str] = Counter()
@@ -339,11 +354,13 @@ class VersionWriter:
             return
         table = table.select(SCHEMA.names).cast(SCHEMA)
         if split not in self._writers:
-            self._writers[split] = pq.ParquetWriter(self.folder / f"{split}.parquet", SCHEMA, use_dictionary=_DICTIONARY_COLUMNS)
+            self._writers[split] = pq.ParquetWriter(
+                self.folder / f"{split}.parquet", SCHEMA, use_dictionary=_DICTIONARY_COLUMNS, compression=self.compression
+            )
         self._writers[split].write_table(table)
         for name in SCHEMA.names:
             for chunk in table.column(name).chunks:
-                _digest_array(self._digests, f"{split}/{name}", chunk)
+                self._digest.update(f"{split}/{name}", chunk)
         self.counts[split] += table.num_rows
         for domain, count in _value_counts(table.column("domain")).items():
             self.domains[domain][split] += count
@@ -352,7 +369,7 @@ class VersionWriter:
     def close(self) -> None:
         for split in ("train", "validation"):
             if split not in self._writers:
-                pq.write_table(SCHEMA.empty_table(), self.folder / f"{split}.parquet")
+                pq.write_table(SCHEMA.empty_table(), self.folder / f"{split}.parquet", compression=self.compression)
         for writer in self._writers.values():
             writer.close()
         self._writers.clear()
@@ -362,8 +379,7 @@ class VersionWriter:
         digest = hashlib.sha256(FORMAT_VERSION.encode())
         digest.update(json.dumps(header, sort_keys=True).encode())
         digest.update(json.dumps({split: self.counts[split] for split in SPLITS}).encode())
-        for part in sorted(self._digests):
-            digest.update(f"\n{part}=".encode() + self._digests[part].digest())
+        digest.update(self._digest.digest())
         return digest.hexdigest()[:20]
 
 

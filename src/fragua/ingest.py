@@ -221,23 +221,61 @@ def _prepare_table(raw: RawBatch, table: pa.Table, locations: pa.Array, fmt: str
     return Prepared(raw, adapted.errors, ids, output, codes, unanswerable, conversations, near_texts)
 
 
+class SeenIds:
+    """Ids of the rows kept so far, 8 bytes each: sorted runs merged size-tiered, so that
+    membership is a vectorised binary search per run and there are O(log n) runs."""
+
+    def __init__(self) -> None:
+        self.runs: list[np.ndarray] = []
+
+    def first_sightings(self, ids: np.ndarray) -> np.ndarray:
+        """Which of ``ids`` (in order) were not seen before, nor earlier in ``ids``; they are now."""
+        order = np.argsort(ids, kind="stable")
+        ordered = ids[order]
+        first = np.ones(len(ids), dtype=bool)  # first of its value within the batch
+        first[1:] = ordered[1:] != ordered[:-1]
+        unique, first_rows = ordered[first], order[first]
+        known = np.zeros(len(unique), dtype=bool)
+        for run in self.runs:
+            position = np.minimum(np.searchsorted(run, unique), len(run) - 1)
+            known |= run[position] == unique
+        fresh = np.zeros(len(ids), dtype=bool)
+        fresh[first_rows[~known]] = True
+        if (~known).any():
+            self.runs.append(unique[~known])
+            while len(self.runs) > 1 and len(self.runs[-1]) * 2 >= len(self.runs[-2]):
+                newest = self.runs.pop()
+                # Disjoint sorted runs: their concatenation sorts in linear time.
+                self.runs[-1] = np.sort(np.concatenate([self.runs[-1], newest]), kind="stable")
+        return fresh
+
+
 class _Build:
     """The order-dependent half of ingest: one instance per dataset version being built."""
 
     def __init__(self, settings: DataSettings, folder: Path, *, sample: bool) -> None:
         self.settings = settings
-        self.writer = VersionWriter(folder)
+        self.writer = VersionWriter(folder, settings.parquet_compression)
         self.quarantine_path = folder / QUARANTINE
         self._quarantine = self.quarantine_path.open("wb")
+        self._rejected_lines: list[bytes] = []
         self.quarantined = 0
         self.rejected: Counter[str] = Counter()
-        self.seen: set[int] = set()
+        self.seen = SeenIds()
         self.near = NearDuplicates(settings.near_dedupe_threshold, settings.near_dedupe_num_perm, settings.near_dedupe_ngram) if settings.near_dedupe else None
         self.sampler = StatsSampler(settings.stats_sample_size) if sample else None
         self.tallies: list[_Tally] = []
+        # Parquet encoding and digests run on their own thread, in order, off the critical path.
+        self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fragua-write")
+        self._writes: deque[Future[None]] = deque()
+
+    def _write(self, split: str, table: pa.Table) -> None:
+        self._writes.append(self._writer_thread.submit(self.writer.write, split, table))
+        while len(self._writes) > IN_FLIGHT * len(SPLITS):
+            self._writes.popleft().result()
 
     def reject(self, tally: _Tally, entry: Quarantined) -> None:
-        self._quarantine.write(orjson.dumps(entry.as_json(), default=str) + b"\n")
+        self._rejected_lines.append(orjson.dumps(entry.as_json(), default=str))
         tally.quarantined += 1
         tally.reasons[entry.kind] += 1
         self.rejected[entry.kind] += 1
@@ -249,6 +287,7 @@ class _Build:
         tally.rows += raw.rows
         for location, error, text in raw.failures:
             self.reject(tally, Quarantined(tally.source.name, location, str(error), error.kind, None, text))
+        self._flush_quarantine()
 
     def finish(self, tally: _Tally, prepared: Prepared) -> None:
         self.failures(tally, prepared.raw)
@@ -259,14 +298,10 @@ class _Build:
         tally.unanswerable += int(prepared.unanswerable.sum())
         keep = errors.ok.copy()
         if self.settings.dedupe:
-            seen = self.seen
             candidates = np.flatnonzero(keep)
-            for row, ident in zip(candidates.tolist(), prepared.ids[candidates].tolist()):
-                if ident in seen:
-                    keep[row] = False
-                    tally.duplicates += 1
-                else:
-                    seen.add(ident)
+            repeated = candidates[~self.seen.first_sightings(prepared.ids[candidates])]
+            keep[repeated] = False
+            tally.duplicates += len(repeated)
         if self.near is not None and prepared.near_texts is not None:
             hexed = prepared.output.column("id")
             for row in np.flatnonzero(keep).tolist():
@@ -275,17 +310,27 @@ class _Build:
                     reason = f"near-duplicate of record {match[0]} (estimated similarity {match[1]:.2f} >= data.near_dedupe_threshold={self.near.threshold})"
                     self.reject(tally, Quarantined(tally.source.name, locations[row].as_py(), reason, "near_duplicate", prepared.raw.original(row)))
         tally.kept += int(keep.sum())
-        kept = pa.array(keep)
-        output = prepared.output.filter(kept)
-        codes = prepared.split_codes[keep]
         for code, split in enumerate(SPLITS):
-            self.writer.write(split, output.filter(pa.array(codes == code)))
-        if self.sampler is not None and output.num_rows:
-            self.sampler.add(prepared.ids[keep], output.column("domain").combine_chunks(), prepared.conversations.filter(kept))
+            chosen = keep & (prepared.split_codes == code)
+            if chosen.any():
+                self._write(split, prepared.output.filter(pa.array(chosen)))
+        if self.sampler is not None:
+            self.sampler.add(prepared.ids, prepared.output.column("domain").combine_chunks(), prepared.conversations, keep)
+        self._flush_quarantine()
+
+    def _flush_quarantine(self) -> None:
+        if self._rejected_lines:
+            self._quarantine.write(b"\n".join(self._rejected_lines) + b"\n")
+            self._rejected_lines.clear()
 
     def close(self) -> None:
-        self._quarantine.close()
-        self.writer.close()
+        try:
+            while self._writes:
+                self._writes.popleft().result()
+        finally:
+            self._writer_thread.shutdown(wait=True, cancel_futures=True)
+            self._quarantine.close()
+            self.writer.close()
         if not self.quarantined:
             self.quarantine_path.unlink()
 
@@ -303,16 +348,25 @@ def _check_source(tally: _Tally, settings: DataSettings) -> None:
         )
 
 
+def _prefetched(reader: ThreadPoolExecutor, batches: Iterator[RawBatch]) -> Iterator[RawBatch]:
+    """The batches, each read (and parsed) on ``reader`` while the previous one is worked on."""
+    upcoming = reader.submit(next, batches, None)
+    while (batch := upcoming.result()) is not None:
+        upcoming = reader.submit(next, batches, None)
+        yield batch
+
+
 def _run(settings: DataSettings, folder: Path, *, sample: bool) -> _Build:
     build = _Build(settings, folder, sample=sample)
     try:
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="fragua-ingest") as pool:
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="fragua-ingest") as pool, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="fragua-read") as reader:
             for source in expand_sources(settings.sources):
                 tally = _Tally(source)
                 build.tallies.append(tally)
                 pending: deque[Future[Prepared]] = deque()
                 fmt: str | None = None
-                for raw in read_batches(source, settings.batch_size):
+                for raw in _prefetched(reader, read_batches(source, settings.batch_size)):
                     if not raw.tables:
                         build.failures(tally, raw)
                         continue

@@ -2,10 +2,11 @@
 
 The quality score of a row is the mean of four components, each in [0, 1]:
 
-- ``symbols``: share of the question and answer characters that are ASCII punctuation or
-  symbols, control characters or U+FFFD (markup, mojibake, keyboard mashing), counted over
-  at least 20 characters so that a short "2+2?" is not judged by its one symbol. Up to 25 %
-  scores 1, 50 % or more scores 0, linear in between.
+- ``symbols``: share of the question and answer characters that are symbols prose rarely
+  uses (``# $ % & * + / < = > @ [ \ ] ^ _ ` { | } ~``), control characters or U+FFFD:
+  markup, mojibake, keyboard mashing. Counted over at least 20 characters, so that a short
+  "2+2?" is not judged by its one symbol. Up to 10 % scores 1, 30 % or more scores 0,
+  linear in between. Sentence punctuation does not count.
 - ``echo``: 0 when the answer, normalised, repeats the question; else 1.
 - ``placeholder``: 0 when the answer is a placeholder ("n/a", "todo", "lorem ipsum", ...); else 1.
 - ``shouting``: 0 when an answer of 20 characters or more is all upper case; else 1.
@@ -27,14 +28,14 @@ from .settings import DataSettings
 from .textops import ROLE_CODES, conversation_regions
 
 COMPONENTS = ("symbols", "echo", "placeholder", "shouting")
-SYMBOLS_OK, SYMBOLS_BAD = 0.25, 0.50
+SYMBOLS_OK, SYMBOLS_BAD = 0.10, 0.30
 SYMBOLS_MIN_CHARS = 20
 SHOUTING_MIN_CHARS = 20
 PLACEHOLDERS = frozenset(
     {"n/a", "na", "none", "null", "nil", "nan", "todo", "tbd", "tba", "fixme", "xxx", "?", "??", "...", "-", "--", ".", "test", "answer", "placeholder"}
 )
-# ASCII punctuation and symbols, control characters other than whitespace, U+FFFD.
-_SYMBOL = r"[!-/:-@\[-`{-~\x{0}-\x{8}\x{e}-\x{1f}\x{7f}\x{fffd}]"
+# Rare in prose, so counting them finds few matches and stays fast.
+_SYMBOL = r"[#$%&*+/<=>@\[\\\]^_`{|}~\x{0}-\x{8}\x{e}-\x{1f}\x{7f}\x{fffd}]"
 PLACEHOLDER_MAX_BYTES = max(len(p) for p in PLACEHOLDERS) + 2
 _WORD = re.compile(r"\w+")
 _TALK = (ROLE_CODES["user"], ROLE_CODES["assistant"])

@@ -162,6 +162,9 @@ class DataSettings(Section):
     batch_size: int = Field(
         20_000, ge=64, le=1_000_000, description="Rows processed at a time; ingest memory grows with it, not with the dataset."
     )
+    parquet_compression: Literal["none", "snappy", "lz4", "zstd"] = Field(
+        "snappy", description="Codec of the dataset version's Parquet files: snappy is fast, zstd smallest, none fastest to write (about twice the size)."
+    )
     stats_sample_size: int = Field(
         5_000, ge=10, le=1_000_000, description="Rows per domain (a deterministic hash sample) whose token lengths feed the dataset statistics plot."
     )
@@ -185,8 +188,8 @@ class DataSettings(Section):
         return self
 
     def ingest_fingerprint(self) -> dict[str, Any]:
-        """The settings that shape a dataset version (not the train/eval domain filter)."""
-        return self.model_dump(mode="json", exclude={"domains"})
+        """The settings that shape a dataset version (not the train/eval domain filter or the batch size)."""
+        return self.model_dump(mode="json", exclude={"domains", "batch_size"})
 
 
 class ExpandSettings(Section):

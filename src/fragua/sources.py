@@ -213,42 +213,68 @@ def _rows_batch(rows: list[dict[str, Any]], locations: list[str], failures: list
     )
 
 
-def _jsonl_chunk(lines: list[bytes], first_line: int) -> Iterator[RawBatch]:
-    sizes = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
-    # A JSON object takes at least 2 bytes: only lines that short can be blank.
-    blank = {i for i in np.flatnonzero(sizes <= 8).tolist() if not lines[i].strip()}
-    nonblank = [i for i in range(len(lines)) if i not in blank] if blank else range(len(lines))
-    if not nonblank:
-        return
-    numbers = np.asarray(nonblank, dtype=np.int64) + first_line
-    data = b"".join(lines)
+BYTES_PER_ROW = 512  # JSONL is read in blocks of about batch_size rows of this size
+
+
+def _jsonl_block(block: memoryview, first_line: int, count: int) -> Iterator[RawBatch]:
+    """Parse ``count`` whole lines with Arrow's JSON reader; lines it cannot take as they are
+    (bad JSON, types that differ between rows) go through the line parser."""
+    bounds: list[np.ndarray] = []
+
+    def line(i: int) -> bytes:
+        """Line i of the block, found without splitting the block into a million objects."""
+        if not bounds:
+            newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
+            bounds.append(np.concatenate([[0], newlines + 1]))
+            bounds.append(np.concatenate([newlines, [len(block)]]))
+        return bytes(block[bounds[0][i]: bounds[1][i]])
+
     try:
-        options = pa_json.ReadOptions(block_size=max(1 << 20, 2 * int(sizes.max())))
-        table = pa_json.read_json(io.BytesIO(data), read_options=options)
-        if table.num_rows == len(nonblank) and _faithful(table):
-            yield RawBatch([table], _line_locations(numbers), lambda i: orjson.loads(lines[nonblank[i]]))
+        table = pa_json.read_json(pa.BufferReader(pa.py_buffer(block)), read_options=pa_json.ReadOptions(block_size=max(1 << 20, len(block) // 4)))
+        numbers = np.arange(first_line, first_line + count)
+        if table.num_rows != count:  # Arrow skips blank lines: number the others
+            numbers = np.array([first_line + i for i in range(count) if line(i).strip()], dtype=np.int64)
+        if not len(numbers):
+            return
+        if table.num_rows == len(numbers) and _faithful(table):
+            positions = numbers - first_line
+            yield RawBatch([table], _line_locations(numbers), lambda i: orjson.loads(line(positions[i])))
             return
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError):
         pass  # a bad line, or types that differ between rows: parse line by line below
     rows, locations, failures = [], [], []
-    for index, number in zip(nonblank, numbers.tolist()):
-        parsed = parse_json_line(lines[index])
+    for number, text in enumerate(bytes(block).split(b"\n")[:count], start=first_line):
+        if not text.strip():
+            continue
+        parsed = parse_json_line(text)
         if isinstance(parsed, RowError):
-            failures.append((f"line {number}", parsed, lines[index].decode("utf-8", "replace").rstrip("\r\n")))
+            failures.append((f"line {number}", parsed, text.decode("utf-8", "replace").rstrip("\r")))
         else:
             rows.append(parsed)
             locations.append(f"line {number}")
-    yield _rows_batch(rows, locations, failures)
+    if rows or failures:
+        yield _rows_batch(rows, locations, failures)
 
 
 def _jsonl(source: Source, batch_size: int) -> Iterator[RawBatch]:
+    size = max(1 << 20, batch_size * BYTES_PER_ROW)
     with source.path.open("rb") as handle:
-        first_line = 1
-        while lines := list(islice(handle, batch_size)):
-            if first_line == 1 and lines[0].startswith(BOM):
-                lines[0] = lines[0][len(BOM):]
-            yield from _jsonl_chunk(lines, first_line)
-            first_line += len(lines)
+        first_line, pending = 1, b""
+        while True:
+            chunk = handle.read(size)
+            data = pending + chunk if pending else chunk
+            if not data:
+                return
+            end = data.rfind(b"\n") + 1 if chunk else len(data)
+            if not end:  # one line longer than a block: read on
+                pending = data
+                continue
+            start = len(BOM) if first_line == 1 and data.startswith(BOM) else 0
+            count = data.count(b"\n", start, end) + (not data.endswith(b"\n", start, end))
+            # Whole lines, without their final newline: a view, not a copy.
+            yield from _jsonl_block(memoryview(data)[start: end - 1 if data.endswith(b"\n", start, end) else end], first_line, count)
+            first_line += count
+            pending = data[end:]
 
 
 # JSON documents (plain lists, SQuAD and HEAD-QA nested files) -----------------------------

@@ -73,20 +73,20 @@ def normalised_bytes(values: pa.Array | pa.ChunkedArray, ascii: pa.Array | None 
         fixed = pc.replace_substring_regex(pc.utf8_lower(values.filter(unicode_rows)), _UNICODE_SPACE, " ")
         values = pc.replace_with_mask(values, unicode_rows, fixed)
     raw, offsets = _buffers(values)
-    data = np.frombuffer(raw.tobytes().translate(_FOLD), dtype=np.uint8)
-    space = data == _SPACE
-    after_space = np.empty_like(space)
-    if len(space):
-        after_space[0] = True
-        after_space[1:] = space[:-1]
-        after_space[offsets[:-1][offsets[:-1] < len(space)]] = True  # a string's first byte: leading spaces go
-    # Clean text has no runs, so this is usually a no-op.
-    data, offsets = _drop(data, offsets, np.flatnonzero(space & after_space))
-    ends = offsets[1:]
-    if len(data):
-        last = ends[ends > offsets[:-1]] - 1
-        data, offsets = _drop(data, offsets, last[data[last] == _SPACE])
-    return data, offsets
+    folded = raw.tobytes().translate(_FOLD)
+    data = np.frombuffer(folded, dtype=np.uint8)
+    starts, ends = offsets[:-1], offsets[1:]
+    nonempty = ends > starts
+    drop = [starts[nonempty][data[starts[nonempty]] == _SPACE]]  # leading spaces
+    if b"  " in folded:  # the second and later spaces of each run
+        space = data == _SPACE
+        drop.append(np.flatnonzero(space[1:] & space[:-1]) + 1)
+    # Trailing spaces: only strings ending in a space, usually few, need a look.
+    for row in np.flatnonzero(nonempty)[data[ends[nonempty] - 1] == _SPACE].tolist():
+        kept = len(folded[starts[row]: ends[row]].rstrip(b" "))
+        drop.append(np.arange(starts[row] + kept, ends[row]))
+    positions = np.unique(np.concatenate(drop)) if len(drop) > 1 else drop[0]
+    return _drop(data, offsets, positions)
 
 
 def normalise(text: str) -> str:
@@ -153,7 +153,11 @@ def python_json(values: Iterable[Any]) -> list[str | None]:
 
 
 def json_values(values: pa.Array | pa.ChunkedArray) -> pa.StringArray:
-    """Each value as JSON text; null stays null (the key is then left out of the object)."""
+    """Each value as JSON text, exactly as orjson writes it (keys sorted); null stays null.
+
+    Text, integers, booleans and lists/objects of them are encoded column-wise; other types
+    (floats, timestamps, binary) per value with orjson, so either way the text is the same.
+    """
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
     kind = values.type
@@ -170,11 +174,23 @@ def json_values(values: pa.Array | pa.ChunkedArray) -> pa.StringArray:
         return quoted
     if pa.types.is_integer(kind):
         return values.cast(pa.string())
-    if pa.types.is_floating(kind):
-        finite = pc.is_finite(values)
-        return pc.if_else(pc.and_kleene(pc.is_valid(values), pc.invert(finite)), "null", values.cast(pa.string()))
     if pa.types.is_boolean(kind):
         return pc.if_else(values, "true", "false")
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        counts = pc.fill_null(pc.list_value_length(values), 0).to_numpy().astype(np.int64)
+        offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+        items = pc.fill_null(json_values(values.flatten()), "null")
+        listed = pa.ListArray.from_arrays(offsets, items, mask=values.is_null())
+        return pc.binary_join_element_wise("[", pc.binary_join(listed, ","), "]", "")
+    if pa.types.is_struct(kind):
+        fields = sorted(zip([f.name for f in kind], values.flatten()), key=lambda item: item[0])
+        if not fields:
+            body = pa.array([""] * len(values), pa.string())
+        else:
+            pieces = [pc.binary_join_element_wise(orjson.dumps(name).decode() + ":", pc.fill_null(json_values(child), "null"), "") for name, child in fields]
+            body = pc.binary_join_element_wise(*pieces, ",") if len(pieces) > 1 else pieces[0]
+        encoded = pc.binary_join_element_wise("{", body, "}", "")
+        return pc.if_else(values.is_valid(), encoded, pa.scalar(None, pa.string()))
     return pa.array(python_json(values.to_pylist()), pa.string())
 
 
