@@ -44,10 +44,11 @@ from .records import FORMATS, Record, detect_format
 from .routing import rules_for_source, route
 from .settings import DataSettings
 from .sources import IngestError, RawBatch, Source, expand_sources, read_batches, source_fingerprint
-from .splits import SPLITS, split_codes
-from .splits import assign_split as assign_split  # re-exported: the split of one group key
-from .stats import PLOT_FILE, STATS_FILE, StatsSampler, summarise, write_stats
+from .splits import SPLITS, assign_split, split_codes
+from .stats import PLOT_FILE, STATS_FILE, StatsSampler, preload_plotting, summarise, write_stats
 from .textops import hash_regions, hex_ids, json_objects, region_strings
+
+__all__ = ["IngestError", "IngestResult", "Quarantined", "assign_split", "choose_format", "collect", "ingest", "prepare", "sources_fingerprint"]
 
 IN_FLIGHT = 3  # prepared batches waiting to be finished: bounds memory, keeps both threads busy
 _USER = 2
@@ -448,6 +449,7 @@ def ingest(
             raise ValueError("ingest needs datasets_root or store")
         store = LocalDatasetStore(datasets_root)
     staging = store.staging()
+    plotting = preload_plotting()
     try:
         build = _run(settings, staging, sample=True)
         counts = dict(build.writer.counts)
@@ -460,6 +462,7 @@ def ingest(
                 )
         domains = {d: dict(c) for d, c in sorted(build.writer.domains.items())}
         assert build.sampler is not None
+        plotting.join()
         write_stats(staging, summarise(build.sampler, domains, tokenizer_file))
         split_settings = {k: getattr(settings, k) for k in ("validation_fraction", "test_fraction", "split_seed")}
         ident = build.writer.dataset_id({"parent": None, "split": split_settings})

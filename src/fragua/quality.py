@@ -41,7 +41,7 @@ _WORD = re.compile(r"\w+")
 _TALK = (ROLE_CODES["user"], ROLE_CODES["assistant"])
 
 
-def _first_per_row(flagged: np.ndarray, parent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _first_flagged(flagged: np.ndarray, parent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(rows, message index) of the first flagged message of each row."""
     where = np.flatnonzero(flagged)
     rows, first = np.unique(parent[where], return_index=True)
@@ -88,7 +88,7 @@ def check_lengths(adapted: Adapted, texts: MessageTexts, settings: DataSettings)
     if settings.min_chars > 1:
         stripped = pc.utf8_length(pc.utf8_trim_whitespace(adapted.contents)).to_numpy()
         problem[(problem == 0) & talk & (stripped < settings.min_chars)] = 3
-    rows, items = _first_per_row((problem > 0) & errors.ok[parent], parent)
+    rows, items = _first_flagged((problem > 0) & errors.ok[parent], parent)
     names = ("", "system", "user", "assistant", "tool")
     for row, item in zip(rows.tolist(), items.tolist()):
         role = names[adapted.role_codes[item]]
@@ -164,7 +164,8 @@ class NearDuplicates:
     A row whose estimated Jaccard similarity to an earlier kept row reaches the threshold is
     a near-duplicate of it (the most similar one, the earliest on ties); otherwise it is
     indexed. Signatures of kept rows stay in memory (num_perm × 4 bytes each) so that LSH
-    candidates are confirmed by their estimated similarity, not taken on trust.
+    candidates are confirmed by their estimated similarity, not taken on trust; with the
+    LSH tables this is about 2 KB per kept row.
     """
 
     def __init__(self, threshold: float, num_perm: int, ngram: int) -> None:
@@ -174,8 +175,9 @@ class NearDuplicates:
         self.threshold = threshold
         self.ngram = ngram
         self._template = MinHash(num_perm=num_perm, seed=1, hashfunc=xxhash.xxh32_intdigest)
-        self._index = MinHashLSH(threshold=threshold, num_perm=num_perm)
-        self._signatures: list[np.ndarray] = []
+        # Bands are indexed by an 8-byte digest instead of their num_perm/b × 4 bytes.
+        self._index = MinHashLSH(threshold=threshold, num_perm=num_perm, hashfunc=lambda band: xxhash.xxh3_64_digest(band))
+        self._signatures = np.empty((1024, num_perm), dtype=self._template.hashvalues.dtype)
         self._ids: list[str] = []
 
     def shingles(self, text: str) -> list[bytes]:
@@ -201,6 +203,8 @@ class NearDuplicates:
             return self._ids[best[1]], best[0]
         key = len(self._ids)
         self._index.insert(key, minhash, check_duplication=False)
-        self._signatures.append(signature.copy())
+        if key == len(self._signatures):
+            self._signatures = np.concatenate([self._signatures, np.empty_like(self._signatures)])
+        self._signatures[key] = signature
         self._ids.append(record_id)
         return None

@@ -163,7 +163,7 @@ class DataSettings(Section):
         20_000, ge=64, le=1_000_000, description="Rows processed at a time; ingest memory grows with it, not with the dataset."
     )
     parquet_compression: Literal["none", "snappy", "lz4", "zstd"] = Field(
-        "snappy", description="Codec of the dataset version's Parquet files: snappy is fast, zstd smallest, none fastest to write (about twice the size)."
+        "none", description="Codec of the dataset version's Parquet files: none is fastest to write (about twice the size of snappy), snappy compresses fast, zstd smallest (good for versions kept on S3)."
     )
     stats_sample_size: int = Field(
         5_000, ge=10, le=1_000_000, description="Rows per domain (a deterministic hash sample) whose token lengths feed the dataset statistics plot."

@@ -120,10 +120,14 @@ def _scan(folder: Path) -> list[tuple[Path, str]]:
 _file_hashes: dict[tuple[str, int, int], str] = {}
 
 
+def _file_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
 def file_sha256(path: Path) -> str:
     """sha256 of a file, remembered per (path, size, mtime) within the process."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = _file_key(path)
     if key not in _file_hashes:
         digest = hashlib.sha256()
         with path.open("rb") as handle:
@@ -258,12 +262,17 @@ def _jsonl_block(block: memoryview, first_line: int, count: int) -> Iterator[Raw
 
 def _jsonl(source: Source, batch_size: int) -> Iterator[RawBatch]:
     size = max(1 << 20, batch_size * BYTES_PER_ROW)
+    key = _file_key(source.path)
+    digest = hashlib.sha256()  # the manifest's file hash, without a second pass over the file
     with source.path.open("rb") as handle:
         first_line, pending = 1, b""
         while True:
             chunk = handle.read(size)
+            digest.update(chunk)
             data = pending + chunk if pending else chunk
             if not data:
+                if _file_key(source.path) == key:
+                    _file_hashes[key] = digest.hexdigest()
                 return
             end = data.rfind(b"\n") + 1 if chunk else len(data)
             if not end:  # one line longer than a block: read on

@@ -9,7 +9,9 @@ words; ``stats.json`` says which.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,13 @@ def summarise(sampler: StatsSampler, domains: dict[str, dict[str, int]], tokeniz
         "counts": domains,
         "lengths": per_domain,
     }
+
+
+def preload_plotting() -> threading.Thread:
+    """Import matplotlib on a background thread (it takes most of a second) while ingest works."""
+    thread = threading.Thread(target=lambda: (import_module("matplotlib.figure"), import_module("matplotlib.backends.backend_agg")), daemon=True)
+    thread.start()
+    return thread
 
 
 def write_stats(folder: Path, stats: dict[str, Any]) -> None:
