@@ -10,7 +10,9 @@ each in a fresh process so that peak memory is its own:
 1. the baseline: ``datasets.load_dataset("json")`` over every file it can parse (a fresh
    cache, so it parses and writes Arrow files like any first load);
 2. ``fragua.ingest.ingest`` over the same files plus ``broken.jsonl`` (lines the baseline
-   cannot parse at all: invalid JSON and UTF-8, wrong types), exact dedupe on;
+   cannot parse at all: invalid JSON and UTF-8, wrong types), exact dedupe on, default
+   settings except ``data.max_rejected_fraction = 1`` (broken.jsonl is all bad rows, which
+   would otherwise stop ingest as a file in the wrong format);
 3. the same with near-duplicate detection on.
 
 It prints rows/s, peak RSS, the ratio to the baseline, the counts, and the machine load,

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from fragua.records import RecordDraft, content_key, from_alpaca, record_id
-from fragua.textops import hash_regions, hex_ids, json_objects, json_values, normalise, normalised_bytes, python_json, row_key
+from fragua.textops import conversation_id, conversation_ids, hex_ids, json_objects, json_values, normalise, normalised_bytes, python_json
 
 
 @pytest.mark.parametrize(
@@ -36,20 +36,28 @@ def test_normalised_bytes_match_python_on_random_strings():
     assert got == [" ".join(v.lower().split()) for v in values]
 
 
-def test_batch_keys_equal_row_keys():
-    rows = [("user", "What TIME is  check-in?"), ("assistant", " At 3 pm. ")]
-    from fragua.textops import conversation_regions
-
-    data, starts = conversation_regions(pa.array([c for _, c in rows]), np.array([2, 3], dtype=np.uint8))
-    assert data.tobytes() == row_key(rows) == b"\x02what time is check-in?\x03at 3 pm."
-    ids = hash_regions(data, starts[[0, 2]])
-    assert hex_ids(ids)[0].as_py() == record_id(row_key(rows)) == record_id(content_key(from_alpaca({"instruction": rows[0][1], "output": rows[1][1]})))
+def test_batch_ids_equal_row_ids():
+    conversations = [
+        [("user", "What TIME is  check-in?"), ("assistant", " At 3 pm. ")],
+        [],
+        [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello"), ("user", "Pool?"), ("assistant", "8th floor")],
+    ]
+    flat = [m for conversation in conversations for m in conversation]
+    data, offsets = normalised_bytes(pa.array([c for _, c in flat]))
+    codes = np.array([{"system": 1, "user": 2, "assistant": 3}[r] for r, _ in flat], dtype=np.uint8)
+    ids = conversation_ids(data, offsets, codes, np.array([0, 2, 2, 7]))
+    assert ids[0] == conversation_id(conversations[0]) == conversation_id([("user", "what time is check-in?"), ("assistant", "at 3 pm.")])
+    assert ids[2] == conversation_id(conversations[2])
+    alpaca = content_key(from_alpaca({"instruction": conversations[0][0][1], "output": conversations[0][1][1]}))
+    assert hex_ids(ids)[0].as_py() == record_id(alpaca)
 
 
 def test_message_boundaries_and_roles_are_part_of_the_key():
     a = RecordDraft(from_alpaca({"instruction": "ab", "output": "c"}).messages)
     b = RecordDraft(from_alpaca({"instruction": "a", "output": "bc"}).messages)
     assert content_key(a) != content_key(b)
+    assert conversation_id([("user", "x"), ("assistant", "y")]) != conversation_id([("assistant", "x"), ("user", "y")])
+    assert conversation_id([("user", "x"), ("assistant", "y")]) != conversation_id([("assistant", "y"), ("user", "x")])
 
 
 def test_hex_ids_are_16_lowercase_hex_digits():

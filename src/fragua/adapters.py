@@ -196,8 +196,11 @@ def assemble(length: int, parts: Sequence[tuple[str, pa.StringArray, np.ndarray 
         take[positions] = number * length + rows
         codes[positions] = ROLE_CODES[role]
         cursor[rows] += 1
-    texts = pa.concat_arrays([as_string_array(values) for _, values, _ in parts]) if parts else pa.array([], pa.string())
-    return codes, texts.take(pa.array(take)), offsets
+    if not parts:
+        return codes, pa.array([], pa.string()), offsets
+    # Taking from the chunked columns copies the text once (concatenating first would copy it twice).
+    texts = pa.chunked_array([as_string_array(values) for _, values, _ in parts]).take(pa.array(take))
+    return codes, as_string_array(texts), offsets
 
 
 def _adapted(table: pa.Table, errors: RowErrors, parts: Sequence[tuple[str, pa.StringArray, np.ndarray | None]], consumed: set[str], **columns: Any) -> Adapted:

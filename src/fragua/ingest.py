@@ -46,7 +46,7 @@ from .settings import DataSettings
 from .sources import IngestError, RawBatch, Source, expand_sources, read_batches, source_fingerprint
 from .splits import SPLITS, assign_split, split_codes
 from .stats import PLOT_FILE, STATS_FILE, StatsSampler, preload_plotting, summarise, write_stats
-from .textops import hash_regions, hex_ids, json_objects, region_strings
+from .textops import conversation_ids, conversation_texts, hex_ids, json_objects
 
 __all__ = ["IngestError", "IngestResult", "Quarantined", "assign_split", "choose_format", "collect", "ingest", "prepare", "sources_fingerprint"]
 
@@ -160,8 +160,7 @@ def _prepare_table(raw: RawBatch, table: pa.Table, locations: pa.Array, fmt: str
     check_lengths(adapted, texts, settings)
     if settings.quality_threshold > 0:
         apply_quality(adapted, texts, settings.quality_threshold)
-    joined, bounds = texts.data, texts.starts[adapted.message_offsets]
-    ids = hash_regions(joined, bounds)
+    ids = conversation_ids(texts.data, texts.offsets, adapted.role_codes, adapted.message_offsets)
 
     offsets = pa.array(adapted.message_offsets.astype(np.int32))
     roles = ROLE_NAMES.take(pa.array(adapted.role_codes))
@@ -216,7 +215,7 @@ def _prepare_table(raw: RawBatch, table: pa.Table, locations: pa.Array, fmt: str
             for row in ok.tolist():
                 near_texts[row] = texts[row].lower()
         else:
-            for row, text in zip(ok.tolist(), region_strings(joined, bounds, ok.tolist())):
+            for row, text in zip(ok.tolist(), conversation_texts(texts.data, texts.offsets, adapted.message_offsets, ok.tolist())):
                 near_texts[row] = text
     unanswerable = adapted.unanswerable if adapted.unanswerable is not None else np.zeros(length, bool)
     return Prepared(raw, adapted.errors, ids, output, codes, unanswerable, conversations, near_texts)

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from .adapters import Adapted
 from .settings import DataSettings
-from .textops import ROLE_CODES, conversation_regions
+from .textops import ROLE_CODES, normalised_bytes
 
 COMPONENTS = ("symbols", "echo", "placeholder", "shouting")
 SYMBOLS_OK, SYMBOLS_BAD = 0.10, 0.30
@@ -53,26 +53,26 @@ class MessageTexts:
     """What the length and quality checks and the duplicate key need to know about a batch's
     messages, computed once."""
 
-    data: np.ndarray  # normalised bytes, each message preceded by its role code
-    starts: np.ndarray  # where each message's role code is (messages + 1)
+    data: np.ndarray  # normalised message texts, back to back
+    offsets: np.ndarray  # where each message's normalised text starts (messages + 1)
     characters: np.ndarray  # characters of each message as given
     parent: np.ndarray  # the row of each message
 
     @property
     def normalised_sizes(self) -> np.ndarray:
-        return np.diff(self.starts) - 1
+        return np.diff(self.offsets)
 
 
 def message_texts(adapted: Adapted) -> MessageTexts:
     contents = adapted.contents
     ascii = pc.string_is_ascii(contents)
-    data, starts = conversation_regions(contents, adapted.role_codes, ascii)
+    data, offsets = normalised_bytes(contents, ascii)
     characters = pc.binary_length(contents).to_numpy().astype(np.int64)
     wide = np.flatnonzero(~ascii.to_numpy(zero_copy_only=False))
     if len(wide):
         characters[wide] = pc.utf8_length(contents.take(pa.array(wide))).to_numpy()
     parent = np.repeat(np.arange(adapted.length), np.diff(adapted.message_offsets))
-    return MessageTexts(data, starts, characters, parent)
+    return MessageTexts(data, offsets, characters, parent)
 
 
 def check_lengths(adapted: Adapted, texts: MessageTexts, settings: DataSettings) -> None:
@@ -107,8 +107,8 @@ def quality_components(adapted: Adapted, texts: MessageTexts) -> dict[str, np.nd
     counts = np.diff(offsets)
     parent = texts.parent
     talk = np.isin(adapted.role_codes, _TALK)
-    data, starts = texts.data, texts.starts
-    raw = data.tobytes()
+    starts = texts.offsets
+    raw = texts.data.tobytes()
     symbols = pc.count_substring_regex(adapted.contents, _SYMBOL).to_numpy().astype(np.float64)
     total = np.bincount(parent[talk], weights=texts.characters[talk], minlength=length)
     odd = np.bincount(parent[talk], weights=symbols[talk], minlength=length)
@@ -127,13 +127,13 @@ def quality_components(adapted: Adapted, texts: MessageTexts) -> dict[str, np.nd
     same_size = np.flatnonzero(has_messages & (last_user >= 0) & (size[np.maximum(last_user, 0)] == size[answer_at]))
     for row in same_size.tolist():
         a, b = int(last_user[row]), int(answer_at[row])
-        if raw[starts[a] + 1: starts[a + 1]] == raw[starts[b] + 1: starts[b + 1]]:
+        if raw[starts[a]: starts[a + 1]] == raw[starts[b]: starts[b + 1]]:
             echo[row] = 0.0
 
     placeholder = np.ones(length)
     for row in np.flatnonzero(has_messages & (size[answer_at] <= PLACEHOLDER_MAX_BYTES)).tolist():
         b = int(answer_at[row])
-        text = raw[starts[b] + 1: starts[b + 1]].decode("utf-8")
+        text = raw[starts[b]: starts[b + 1]].decode("utf-8")
         if text in PLACEHOLDERS or text.rstrip(".!") in PLACEHOLDERS:
             placeholder[row] = 0.0
     answers = adapted.contents.take(pa.array(answer_at)) if len(adapted.contents) else pa.array([""] * length, pa.string())

@@ -12,10 +12,9 @@ import string
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
-import xxhash
 from pydantic import BaseModel, ConfigDict, Field
 
-from .textops import hex_id, row_key
+from .textops import conversation_id, hex_id
 
 Role = Literal["system", "user", "assistant", "tool"]
 Split = Literal["train", "validation", "test"]
@@ -177,12 +176,12 @@ def from_multiple_choice(row: dict[str, Any]) -> RecordDraft:
     return adapt_row(row, "multiple_choice")
 
 
-def content_key(draft: RecordDraft) -> bytes:
+def content_key(draft: RecordDraft) -> int:
     """What makes two rows duplicates: roles and normalised message texts (options are part of
-    the rendered question), not metadata. Ingest computes the same bytes batch-wise."""
-    return row_key([(m.role, m.content) for m in draft.messages])
+    the rendered question), not metadata, hashed to 64 bits. Ingest computes the same batch-wise."""
+    return conversation_id([(m.role, m.content) for m in draft.messages])
 
 
-def record_id(key: bytes) -> str:
-    """16 hex digits of xxh3-64 over the content key: equal content, equal id."""
-    return hex_id(xxhash.xxh3_64_intdigest(key))
+def record_id(key: int) -> str:
+    """The content key as 16 hex digits: equal content, equal id."""
+    return hex_id(key)

@@ -2,7 +2,7 @@
 
 Per-row Python costs several microseconds a row; these functions work on whole Arrow
 buffers (numpy over the bytes, Arrow compute kernels) so that a million rows take seconds.
-The scalar helpers (:func:`normalise`, :func:`row_key`) run the very same code on one
+The scalar helpers (:func:`normalise`, :func:`conversation_id`) run the very same code on one
 value, so there is one definition of "normalised" and "duplicate", not two.
 """
 
@@ -95,35 +95,54 @@ def normalise(text: str) -> str:
     return data.tobytes().decode("utf-8")
 
 
-def conversation_regions(contents: pa.Array, role_codes: np.ndarray, ascii: pa.Array | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Each message as its role code followed by its normalised text, back to back.
+def _splitmix64(values: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        z = values + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
-    Returns the bytes and where each message starts (messages + 1); a row whose messages
-    are ``i..j`` spans ``starts[i]:starts[j]``, so ``starts[message_offsets]`` gives row regions.
+
+def conversation_ids(data: np.ndarray, offsets: np.ndarray, role_codes: np.ndarray, message_offsets: np.ndarray) -> np.ndarray:
+    """A 64-bit id per row: xxh3 of the row's normalised message texts, seeded with its roles
+    and message boundaries (so "ab" + "c" and "a" + "bc", or a user and an assistant turn, differ).
+
+    ``data``/``offsets``: the normalised messages (:func:`normalised_bytes`); ``message_offsets``
+    (rows + 1): where each row's messages start.
     """
-    data, offsets = normalised_bytes(contents, ascii)
-    joined = np.insert(data, offsets[:-1], role_codes.astype(np.uint8))
-    return joined, offsets + np.arange(len(offsets), dtype=np.int64)
-
-
-def hash_regions(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """xxh3-64 of each byte region, as uint64."""
+    count = len(role_codes)
+    rows = len(message_offsets) - 1
+    per_row = np.diff(message_offsets)
+    parent = np.repeat(np.arange(rows), per_row)
+    turn = np.arange(count) - message_offsets[:-1][parent]
+    sizes = np.diff(offsets).astype(np.uint64)
+    mixed = _splitmix64(role_codes.astype(np.uint64) ^ (sizes << np.uint64(8)) ^ (turn.astype(np.uint64) << np.uint64(48)))
+    seeds = np.zeros(rows, dtype=np.uint64)
+    talking = per_row > 0
+    if talking.any():
+        seeds[talking] = np.bitwise_xor.reduceat(mixed, message_offsets[:-1][talking])
+    seeds = _splitmix64(seeds ^ per_row.astype(np.uint64))
     view = memoryview(data)
-    bounds = offsets.tolist()
+    bounds = offsets[message_offsets].tolist()
+    seed_values = seeds.tolist()
     digest = xxhash.xxh3_64_intdigest
-    return np.fromiter((digest(view[bounds[i]: bounds[i + 1]]) for i in range(len(bounds) - 1)), dtype=np.uint64, count=len(bounds) - 1)
+    return np.fromiter((digest(view[bounds[i]: bounds[i + 1]], seed_values[i]) for i in range(rows)), dtype=np.uint64, count=rows)
 
 
-def region_strings(data: np.ndarray, offsets: np.ndarray, rows: Iterable[int]) -> list[str]:
-    return [data[offsets[i]: offsets[i + 1]].tobytes().decode("utf-8") for i in rows]
-
-
-def row_key(messages: Sequence[tuple[str, str]]) -> bytes:
-    """The bytes a conversation's identity and duplicate check are computed from."""
-    contents = pa.array([content for _, content in messages], pa.string())
+def conversation_id(messages: Sequence[tuple[str, str]]) -> int:
+    """:func:`conversation_ids` of one conversation: what its record id and duplicate check use."""
+    data, offsets = normalised_bytes(pa.array([content for _, content in messages], pa.string()))
     codes = np.array([ROLE_CODES[role] for role, _ in messages], dtype=np.uint8)
-    data, _ = conversation_regions(contents, codes)
-    return data.tobytes()
+    return int(conversation_ids(data, offsets, codes, np.array([0, len(messages)], dtype=np.int64))[0])
+
+
+def conversation_texts(data: np.ndarray, offsets: np.ndarray, message_offsets: np.ndarray, rows: Iterable[int]) -> list[str]:
+    """The normalised messages of some rows, one text per row, messages on separate lines."""
+    texts = []
+    for row in rows:
+        first, last = message_offsets[row], message_offsets[row + 1]
+        texts.append("\n".join(data[offsets[i]: offsets[i + 1]].tobytes().decode("utf-8") for i in range(first, last)))
+    return texts
 
 
 def hex_ids(ids: np.ndarray) -> pa.StringArray:
