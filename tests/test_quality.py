@@ -222,3 +222,31 @@ def test_row_level_adapter_rejects_what_ingest_rejects():
     with pytest.raises(ValueError, match="missing field 'output'") as caught:
         from_alpaca({"instruction": "Q?"})
     assert caught.value.kind == "missing_field"
+
+
+def test_csv_that_is_not_utf8_fails_naming_the_file(tmp_path):
+    from fragua.ingest import IngestError
+
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("prompt,completion\nWhere is the café?,Downstairs.\n".encode("latin-1"))
+    with pytest.raises(IngestError, match=r"latin1\.csv: not valid UTF-8 .*save it as UTF-8"):
+        collect(settings_for(path))
+
+
+def test_values_arrow_would_reinterpret_are_kept_as_written(tmp_path):
+    rows = [
+        {"instruction": "When did the hotel open?", "output": "In 1998.", "opened": "1998-05-01", "rating": 4.5},
+        {"instruction": "When was the pool renovated?", "output": "In 2021.", "opened": "2021-03-15T10:00:00", "rating": 4},
+    ]
+    path = write_jsonl(tmp_path / "dates.jsonl", rows)
+    records = sorted(collect(settings_for(path)).records, key=lambda r: r.meta["location"])
+    assert [r.meta["opened"] for r in records] == ["1998-05-01", "2021-03-15T10:00:00"]
+    assert [r.meta["rating"] for r in records] == [4.5, 4]  # one JSON number type: 4 may come back as 4.0
+
+
+def test_lone_surrogates_and_byte_order_marks(tmp_path):
+    path = tmp_path / "odd.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(qa(1)).encode() + b"\n" + b'{"instruction": "bad \\ud800 escape?", "output": "x"}\n' + json.dumps(qa(2)).encode() + b"\n")
+    result = collect(settings_for(path))
+    assert result.sources[0].kept == 2
+    assert [(q.location, q.kind) for q in result.quarantined] == [("line 2", "invalid_json")]
