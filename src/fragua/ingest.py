@@ -25,7 +25,6 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import xxhash
 
 from .adapters import ADAPTERS, ROLE_NAMES, AdapterOptions, RowErrors
 from .dataset_store import (
@@ -44,7 +43,7 @@ from .records import FORMATS, Record, detect_format
 from .routing import rules_for_source, route
 from .settings import DataSettings
 from .sources import IngestError, RawBatch, Source, expand_sources, read_batches, source_fingerprint
-from .splits import SPLITS, assign_split, split_codes
+from .splits import SPLITS, assign_split, group_hash, split_codes
 from .stats import PLOT_FILE, STATS_FILE, StatsSampler, preload_plotting, summarise, write_stats
 from .textops import conversation_ids, conversation_texts, hex_ids, json_objects
 
@@ -188,7 +187,7 @@ def _prepare_table(raw: RawBatch, table: pa.Table, locations: pa.Array, fmt: str
     if adapted.group is not None:
         values = adapted.group.to_pylist()
         for row in np.flatnonzero(adapted.group.is_valid().to_numpy(zero_copy_only=False)).tolist():
-            group_hashes[row] = xxhash.xxh3_64_intdigest(values[row].encode())
+            group_hashes[row] = group_hash(values[row])
     codes = split_codes(group_hashes, settings.split_seed, settings.validation_fraction, settings.test_fraction)
 
     meta_fields = dict(adapted.meta)
@@ -211,9 +210,9 @@ def _prepare_table(raw: RawBatch, table: pa.Table, locations: pa.Array, fmt: str
         ok = np.flatnonzero(adapted.errors.ok)
         near_texts = [None] * length
         if adapted.near_text is not None:
-            texts = adapted.near_text.to_pylist()
+            given = adapted.near_text.to_pylist()
             for row in ok.tolist():
-                near_texts[row] = texts[row].lower()
+                near_texts[row] = given[row].lower()
         else:
             for row, text in zip(ok.tolist(), conversation_texts(texts.data, texts.offsets, adapted.message_offsets, ok.tolist())):
                 near_texts[row] = text
