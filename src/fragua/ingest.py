@@ -199,9 +199,9 @@ def _prepare_table(raw: RawBatch, table: pa.Table, locations: pa.Array, fmt: str
             "choices": adapted.choices if adapted.choices is not None else pa.nulls(length, pa.list_(pa.string())),
             "answer": answer,
             "domain": domain,
-            "source": pa.array([source.name] * length, pa.string()),
+            "source": pa.repeat(pa.scalar(source.name, pa.string()), length),
             "split": pa.array(SPLITS, pa.string()).take(pa.array(codes)),
-            "origin": pa.array(["original"] * length, pa.string()),
+            "origin": pa.repeat(pa.scalar("original", pa.string()), length),
             "meta": json_objects(meta_fields, length),
         }
     )
