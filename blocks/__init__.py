@@ -2,6 +2,8 @@
 
 The W&B API key lives in a Prefect ``Secret`` block; ``tracking.api_key_block`` names it,
 so flows started from deployments get the key without it appearing in parameters or env.
+S3 credentials for the registry live in a prefect-aws ``AwsCredentials`` or
+``MinIOCredentials`` block, named by ``registry.credentials_block``.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from prefect.blocks.system import Secret
 
 DEFAULT_WANDB_KEY_BLOCK = "fragua-wandb-api-key"
+DEFAULT_S3_CREDENTIALS_BLOCK = "fragua-registry"
 
 
 def save_wandb_key(api_key: str, name: str = DEFAULT_WANDB_KEY_BLOCK) -> str:
@@ -17,3 +20,36 @@ def save_wandb_key(api_key: str, name: str = DEFAULT_WANDB_KEY_BLOCK) -> str:
         raise ValueError("the W&B API key is empty")
     Secret(value=api_key).save(name, overwrite=True)
     return name
+
+
+def save_s3_credentials(
+    access_key_id: str,
+    secret_access_key: str,
+    name: str = DEFAULT_S3_CREDENTIALS_BLOCK,
+    *,
+    kind: str = "aws",
+    region: str | None = None,
+    endpoint_url: str | None = None,
+) -> str:
+    """Store S3 credentials (and the endpoint, for MinIO/R2) as a prefect-aws block.
+
+    Returns what ``registry.credentials_block`` takes: 'aws-credentials/NAME' or 'minio-credentials/NAME'."""
+    from prefect_aws import AwsClientParameters, AwsCredentials, MinIOCredentials
+
+    if not access_key_id.strip() or not secret_access_key.strip():
+        raise ValueError("the S3 access key id and secret key must not be empty")
+    parameters = AwsClientParameters(endpoint_url=endpoint_url)
+    if kind == "aws":
+        block = AwsCredentials(
+            aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key, region_name=region, aws_client_parameters=parameters
+        )
+        slug = "aws-credentials"
+    elif kind == "minio":
+        block = MinIOCredentials(
+            minio_root_user=access_key_id, minio_root_password=secret_access_key, region_name=region, aws_client_parameters=parameters
+        )
+        slug = "minio-credentials"
+    else:
+        raise ValueError(f"unknown credentials kind {kind!r}: use 'aws' or 'minio'")
+    block.save(name, overwrite=True)
+    return f"{slug}/{name}"

@@ -3,16 +3,20 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
+from prefect.transactions import transaction
 
 from fragua.jobs import DeployOutcome, version_file
 from fragua.registry import AliasState
 from fragua.settings import Settings
 from tasks.registry import (
+    allocate_task,
+    confirm_task,
     load_run_task,
     load_validation_task,
     production_task,
     promote_task,
     publish_task,
+    retention_task,
     rollback_task,
     verify_task,
 )
@@ -24,15 +28,19 @@ from . import current_actor
 def deploy_flow(settings: Settings | None = None, run_id: str | None = None, version: str | None = None) -> DeployOutcome:
     """Publish a validated run as a new version and, with registry.auto_deploy, point production at it.
 
-    With ``version``, promote an already published version instead (e.g. after a
-    development run that only registered it).
+    upload -> verify (download, checksums, load, smoke-generate) -> move the alias ->
+    confirm; the move and the confirmation run in one transaction, so if the confirmation
+    fails the alias goes back to where it was. With ``version``, promote an already
+    published version instead (e.g. after a development run that only registered it).
     """
     settings = settings or Settings.load()
     logger = get_run_logger()
     actor = current_actor()
     if version is not None:
         current = production_task(settings)
-        state = promote_task(settings, version, current.version if current else None, "manual deploy", actor)
+        with transaction():
+            state = promote_task(settings, version, current.version if current else None, "manual deploy", actor)
+            confirm_task(settings, version)
         return DeployOutcome(version=version, published=False, promoted=True, production=state.version, reasons=["manual deploy"])
     if run_id is None:
         run_id = load_run_task(settings, None)["run_id"]
@@ -46,18 +54,26 @@ def deploy_flow(settings: Settings | None = None, run_id: str | None = None, ver
             production=current.version if current else None,
             reasons=validation.decision.reasons, report_path=validation.report_path,
         )
-    manifest = publish_task(settings, run_id, flow_run.id)
+    # Allocated once: a retried upload goes into the same version instead of taking a new number.
+    version = allocate_task(settings, run_id)
+    manifest = publish_task(settings, run_id, flow_run.id, version)
     verify_task(settings, manifest.version)
     report_path = version_file(settings, manifest.version, "report.md")
     if not settings.registry.auto_deploy:
         logger.info("registry.auto_deploy is off: %s is registered; promote it with `fragua deploy --version %s`", manifest.version, manifest.version)
+        if settings.registry.keep_last is not None:
+            retention_task(settings)
         current = production_task(settings)
         return DeployOutcome(
             version=manifest.version, published=True, promoted=False,
             production=current.version if current else None,
             reasons=validation.decision.reasons, report_path=report_path,
         )
-    state = promote_task(settings, manifest.version, validation.production_version, f"deploy of run {run_id}", actor)
+    with transaction():
+        state = promote_task(settings, manifest.version, validation.production_version, f"deploy of run {run_id}", actor)
+        confirm_task(settings, manifest.version)
+    if settings.registry.keep_last is not None:
+        retention_task(settings)
     create_markdown_artifact(
         f"# Deployed `{manifest.version}`\n\nproduction: `{state.previous}` → `{state.version}`\n\n"
         + "\n".join(f"- {r}" for r in validation.decision.reasons),

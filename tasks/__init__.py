@@ -7,10 +7,12 @@ from typing import Any
 from fragua.ingest import IngestError
 from fragua.modeling import ModelLoadError
 from fragua.registry import RegistryError
+from fragua.storage import StoreConfigurationError
 
 # Errors that will fail the same way on every attempt: bad input, bad settings, a lost
-# alias race, a model that cannot load. Retrying them only delays the message.
-PERMANENT_ERRORS = (IngestError, RegistryError, ModelLoadError, ValueError, TypeError, KeyError, FileNotFoundError)
+# alias race, a model that cannot load, a missing bucket or wrong credentials. Retrying
+# them only delays the message.
+PERMANENT_ERRORS = (IngestError, RegistryError, ModelLoadError, StoreConfigurationError, ValueError, TypeError, KeyError, FileNotFoundError)
 
 
 def transient_only(task: Any, task_run: Any, state: Any) -> bool:

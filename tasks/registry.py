@@ -5,15 +5,20 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.transactions import Transaction, get_transaction
 
 from fragua import jobs
 from fragua.evaluation import Evaluation
-from fragua.registry import AliasState, VersionManifest
+from fragua.registry import AliasState, CleanupReport, VersionManifest
 from fragua.settings import Settings
 
 from . import STORAGE_RETRY_DELAYS, transient_only
 
 _STORAGE = dict(retries=3, retry_delay_seconds=STORAGE_RETRY_DELAYS, retry_condition_fn=transient_only, cache_policy=NO_CACHE)
+# Tasks inside the deploy transaction get no task-level retries: Prefect rolls the whole
+# transaction back on a task's first failed attempt, so a retry would run after the undo.
+# Their storage requests are still retried with backoff by botocore (registry.max_attempts).
+_IN_TRANSACTION = dict(retries=0, cache_policy=NO_CACHE)
 
 
 @task(name="load-run", cache_policy=NO_CACHE)
@@ -57,8 +62,8 @@ def load_validation_task(settings: Settings, run_id: str) -> jobs.ValidationOutc
 
 
 @task(name="publish-version", **_STORAGE)
-def publish_task(settings: Settings, run_id: str, flow_run_id: str | None) -> VersionManifest:
-    manifest = jobs.publish_run(settings, run_id, flow_run_id=flow_run_id)
+def publish_task(settings: Settings, run_id: str, flow_run_id: str | None, version: str | None = None) -> VersionManifest:
+    manifest = jobs.publish_run(settings, run_id, flow_run_id=flow_run_id, version=version)
     get_run_logger().info("published %s (%d files)", manifest.version, len(manifest.files))
     return manifest
 
@@ -70,11 +75,55 @@ def verify_task(settings: Settings, version: str) -> str:
     return answer
 
 
-@task(name="promote-version", **_STORAGE)
+@task(name="allocate-version", **_STORAGE)
+def allocate_task(settings: Settings, run_id: str) -> str:
+    version = jobs.allocate_version(settings, run_id)
+    get_run_logger().info("allocated %s", version)
+    return version
+
+
+@task(name="promote-version", **_IN_TRANSACTION)
 def promote_task(settings: Settings, version: str, expected_production: str | None, reason: str, actor: str | None) -> AliasState:
-    state = jobs.promote_version(settings, version, expected_production=expected_production, reason=reason, actor=actor)
+    promotion = jobs.promote_version(settings, version, expected_production=expected_production, reason=reason, actor=actor)
+    transaction = get_transaction()
+    if transaction is not None:
+        # What the rollback hook needs if a later step of the deploy fails.
+        transaction.set("promotion", promotion)
+        transaction.set("settings", settings)
+        transaction.set("actor", actor)
+    state = promotion.production
     get_run_logger().info("production -> %s (previous: %s)", state.version, state.previous)
     return state
+
+
+@promote_task.on_rollback
+def restore_production(transaction: Transaction) -> None:
+    """A step after the alias move failed: put production back where it was."""
+    promotion: jobs.Promotion = transaction.get("promotion")
+    restored = jobs.revert_promotion(
+        transaction.get("settings"), promotion,
+        reason=f"deploy of {promotion.production.version} rolled back: a step after the move failed",
+        actor=transaction.get("actor"),
+    )
+    logger = get_run_logger()
+    if restored:
+        logger.warning("production restored to %s", promotion.production.previous or "unset")
+    else:
+        logger.warning("production was moved by someone else after %s; left as it is", promotion.production.version)
+
+
+@task(name="confirm-production", **_IN_TRANSACTION)
+def confirm_task(settings: Settings, version: str) -> None:
+    jobs.confirm_production(settings, version)
+    get_run_logger().info("production resolves to %s and all its files are in the registry", version)
+
+
+@task(name="apply-retention", **_STORAGE)
+def retention_task(settings: Settings) -> CleanupReport:
+    report = jobs.clean_registry(settings)
+    if report.expired or report.unfinished:
+        get_run_logger().info("retention removed %s; kept for aliases: %s", report.expired + report.unfinished, report.kept_for_alias)
+    return report
 
 
 @task(name="rollback", **_STORAGE)

@@ -55,3 +55,85 @@ def prefect_api(tmp_path_factory):
 def make_settings(work_dir: Path, **overrides) -> Settings:
     overrides.setdefault("tracking", {"mode": "disabled"})
     return Settings(work_dir=work_dir, **overrides)
+
+
+# S3 ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 (random free port), for the whole session; stopped at the end."""
+    from .s3server import S3TestServer
+
+    server = S3TestServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_settings(s3_server, monkeypatch):
+    """RegistrySettings for a fresh bucket on the test server; faults cleared before and after."""
+    import uuid
+
+    import boto3
+
+    from fragua.settings import RegistrySettings
+
+    from .s3server import ACCESS_KEY, REGION, SECRET_KEY
+
+    # Nothing from the outer shell's AWS configuration may reach the client.
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    if not s3_server.running:
+        s3_server.start()
+    s3_server.clear_faults()
+    bucket = f"fragua-{uuid.uuid4().hex[:12]}"
+    boto3.client(
+        "s3", endpoint_url=s3_server.endpoint, region_name=REGION, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY
+    ).create_bucket(Bucket=bucket)
+    yield RegistrySettings(
+        backend="s3", bucket=bucket, prefix="team/registry", endpoint_url=s3_server.endpoint, region=REGION,
+        access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY, max_attempts=2,
+        # small parts so that test files of a few MB go multipart
+        multipart_threshold_mb=5, multipart_chunk_mb=5,
+    )
+    s3_server.clear_faults()
+    if not s3_server.running:
+        s3_server.start()
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    """The same contract, two backends: a local directory and an S3 bucket on the test server."""
+    from fragua.storage import LocalStore
+
+    if request.param == "local":
+        return LocalStore(tmp_path / "store")
+    from fragua.s3 import S3Store
+
+    return S3Store.from_settings(request.getfixturevalue("s3_settings"))
+
+
+# A validated run -------------------------------------------------------------------------
+
+QUICK = {
+    "tracking": {"mode": "disabled"},
+    "train": {"max_steps": 2},
+    "validate": {"max_examples": 4, "min_score": 0.0, "require_beat_base": False, "max_new_tokens": 8},
+}
+
+
+@pytest.fixture(scope="session")
+def validated_work(tmp_path_factory) -> tuple[Path, str]:
+    """A work dir holding the tiny base, a dataset and a trained, validated run."""
+    work = tmp_path_factory.mktemp("validated") / "work"
+    from fragua import jobs
+
+    settings = Settings(work_dir=work, **QUICK)
+    dataset = jobs.ingest_sources(settings)
+    trained = jobs.train_model(settings, dataset.id)
+    candidate = jobs.evaluate_model(settings, dataset.id, trained.adapter_dir, name="candidate")
+    jobs.record_validation(settings, trained.run_id, dataset.id, candidate, None, None, None)
+    return work, trained.run_id

@@ -18,7 +18,6 @@ from fragua.dataset_store import (
 )
 from fragua.ingest import IngestError, ingest
 from fragua.settings import DataSettings
-from fragua.storage import LocalStore
 
 from .conftest import EXAMPLES
 
@@ -88,20 +87,21 @@ def test_statistics_file_and_plot_next_to_the_version(tmp_path, tiny_base):
     assert tokens.id == words.id  # statistics are about the data, not part of it
 
 
-def test_object_store_backend_holds_versions_like_the_local_one(tmp_path):
-    store = ObjectDatasetStore(LocalStore(tmp_path / "bucket"), tmp_path / "cache")
-    manifest = ingest(settings(EXAMPLES), store=store)
+def test_versions_in_an_object_store_local_or_s3(store, tmp_path):
+    # `store` (conftest): a local-directory ObjectStore and an S3 bucket on a real S3-protocol server.
+    versions = ObjectDatasetStore(store, tmp_path / "cache")
+    manifest = ingest(settings(EXAMPLES), store=versions)
     assert manifest.id == ingest(settings(EXAMPLES), tmp_path / "local").id
-    assert (tmp_path / "bucket" / "datasets" / manifest.id / "manifest.json").is_file()
-    assert store.ids() == [manifest.id] and store.find(manifest.id[:6]).id == manifest.id
-    fresh = ObjectDatasetStore(LocalStore(tmp_path / "bucket"), tmp_path / "other-cache")
-    opened = fresh.manifest(manifest.id)
+    assert store.exists(f"datasets/{manifest.id}/manifest.json") and store.exists(f"datasets/{manifest.id}/train.parquet")
+    assert versions.ids() == [manifest.id] and versions.find(manifest.id[:6]).id == manifest.id
+    elsewhere = ObjectDatasetStore(store, tmp_path / "other-cache")
+    opened = elsewhere.manifest(manifest.id)
     assert Path(opened.path).parent == tmp_path / "other-cache"
     assert len(load_records(opened, "validation")) == manifest.counts["validation"]
-    assert ingest(settings(EXAMPLES), store=store).created_at == manifest.created_at
-    assert store.instance() == fresh.instance()
-    store.remember("k", manifest.id)
-    assert fresh.recall("k") == manifest.id and fresh.recall("other") is None
+    assert ingest(settings(EXAMPLES), store=versions).created_at == manifest.created_at
+    assert versions.instance() == elsewhere.instance()
+    versions.remember("k", manifest.id)
+    assert elsewhere.recall("k") == manifest.id and elsewhere.recall("other") is None
 
 
 def test_local_store_lookup_by_prefix_and_newest(tmp_path):
@@ -121,3 +121,21 @@ def test_a_failed_ingest_leaves_no_version_or_staging_behind(tmp_path):
     with pytest.raises(IngestError, match="split is empty"):
         ingest(settings(path), tmp_path / "store")
     assert [p.name for p in (tmp_path / "store").iterdir()] == []
+
+
+def test_dataset_versions_in_the_registry_s3_bucket(s3_settings, tmp_path):
+    from fragua import jobs
+
+    from .conftest import make_settings
+
+    config = make_settings(tmp_path / "work", registry=s3_settings, data={"store": "registry", "sources": [{"path": str(EXAMPLES)}]},
+                           expand={"expansion_factor": 2.0})
+    manifest = jobs.ingest_sources(config)
+    store = jobs.open_dataset_store(config)
+    assert isinstance(store, ObjectDatasetStore) and store.describe().startswith("s3://")
+    assert store.find(None).id == manifest.id
+    assert not (tmp_path / "work" / "datasets").exists()
+    expanded = jobs.expand_dataset(config, manifest.id)
+    assert expanded.parent == manifest.id and store.find(expanded.id[:8]).counts["train"] > manifest.counts["train"]
+    assert len(jobs.dataset_split(config, store.find(manifest.id), "validation")) == manifest.counts["validation"]
+    assert jobs.ingest_cache_key(config) == jobs.ingest_cache_key(config)

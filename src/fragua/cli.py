@@ -29,12 +29,13 @@ class UserError(Exception):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .chat import TemplateError
+    from .export import ExportError
     from .ingest import IngestError
     from .modeling import ModelLoadError
     from .registry import RegistryError
     from .storage import StoreError
 
-    return (UserError, IngestError, RegistryError, ModelLoadError, StoreError, TemplateError, FileNotFoundError)
+    return (UserError, IngestError, RegistryError, ModelLoadError, StoreError, TemplateError, ExportError, FileNotFoundError)
 
 
 @app.callback()
@@ -307,7 +308,7 @@ def history(ctx: typer.Context) -> None:
     for column in ("at", "alias", "from", "to", "reason", "actor"):
         table.add_column(column)
     for event in run_step(open_registry(settings).history):
-        table.add_row(event.at[:19], event.alias, event.from_version or "-", event.to_version, event.reason, event.actor or "-")
+        table.add_row(event.at[:19], event.alias, event.from_version or "-", event.to_version or "(removed)", event.reason, event.actor or "-")
     console.print(table)
 
 
@@ -366,6 +367,58 @@ def datasets_export(
     console.print(f"{len(records)} {split} records of {manifest.id}{' in ' + ', '.join(domain) if domain else ''} -> {output}", highlight=False)
 
 
+registry_app = typer.Typer(help="Maintenance of the model registry.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("gc")
+def registry_gc(
+    ctx: typer.Context,
+    keep_last: Optional[int] = typer.Option(None, "--keep-last", min=1, help="Also delete all but the newest N versions (default: registry.keep_last); aliased versions are always kept."),
+    grace_minutes: Optional[float] = typer.Option(None, "--grace-minutes", min=0, help="Unfinished versions younger than this are left alone (default: registry.gc_grace_minutes)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be deleted."),
+) -> None:
+    """Delete unfinished versions (no manifest) and, with retention, old unaliased versions."""
+    from .jobs import clean_registry, open_registry
+
+    settings = load_settings(ctx)
+    report = run_step(lambda: clean_registry(settings, keep_last=keep_last, grace_minutes=grace_minutes, dry_run=dry_run))
+    verb = "would delete" if dry_run else "deleted"
+    console.print(
+        _kv_table(
+            f"Registry gc of {open_registry(settings).describe()}" + (" (dry run)" if dry_run else ""),
+            [
+                (f"unfinished, {verb}", ", ".join(report.unfinished) or "-"),
+                (f"expired, {verb}", ", ".join(report.expired) or "-"),
+                ("kept: an alias points to them", ", ".join(report.kept_for_alias) or "-"),
+                ("unfinished but recent (maybe uploading)", ", ".join(report.too_recent) or "-"),
+                ("objects deleted", report.deleted_objects),
+                ("stale multipart uploads aborted", report.aborted_uploads),
+            ],
+        )
+    )
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    version: str = typer.Argument(..., help="Version to export, e.g. fragua-tiny-v2."),
+    output: Path = typer.Option(Path("exports"), "--output", "-o", help="Folder to write into."),
+    merged: bool = typer.Option(False, "--merged", help="Merge the adapter into its base model (peft merge_and_unload) and save safetensors."),
+    gguf: bool = typer.Option(False, "--gguf", help="Also write a GGUF file for Ollama/llama.cpp (implies --merged; needs llama.cpp's converter)."),
+    gguf_type: str = typer.Option("f16", "--gguf-type", help="GGUF tensor type: f32, f16, bf16, q8_0 or auto."),
+    converter: Optional[Path] = typer.Option(None, "--converter", help="Path of llama.cpp's convert_hf_to_gguf.py.", envvar="GGUF_CONVERTER"),
+) -> None:
+    """Write a verified copy of a version: as stored, merged into its base (safetensors), or GGUF."""
+    from .jobs import export_version
+
+    settings = load_settings(ctx)
+    outcome = run_step(lambda: export_version(settings, version, output, merged=merged or gguf, gguf=gguf, converter=converter, gguf_type=gguf_type))
+    rows = [("model", outcome.folder), ("merged", outcome.merged), ("gguf", outcome.gguf or "-")]
+    rows.append(("load with", f"AutoModelForCausalLM.from_pretrained({outcome.folder!r})" if outcome.merged else f"see {outcome.folder}/README.md"))
+    console.print(_kv_table(f"Export of {version}", rows))
+
+
 blocks_app = typer.Typer(help="Prefect blocks holding Fragua's credentials.", no_args_is_help=True)
 app.add_typer(blocks_app, name="blocks")
 
@@ -380,6 +433,22 @@ def save_wandb_key_command(
     api_key = os.environ.get("WANDB_API_KEY") or typer.prompt("W&B API key", hide_input=True)
     saved = run_step(lambda: save_wandb_key(api_key, name))
     console.print(f"saved Secret block {saved!r}; use it with FRAGUA_TRACKING__API_KEY_BLOCK={saved}", highlight=False)
+
+
+@blocks_app.command("save-s3-credentials")
+def save_s3_credentials_command(
+    name: str = typer.Option("fragua-registry", help="Block name."),
+    kind: str = typer.Option("aws", help="'aws' (AwsCredentials: AWS, R2, most services) or 'minio' (MinIOCredentials)."),
+    region: Optional[str] = typer.Option(None, help="Region stored in the block (R2: auto, MinIO: us-east-1)."),
+    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3 endpoint stored in the block, for MinIO, R2, etc."),
+) -> None:
+    """Store S3 credentials (from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or typed at a prompt) as a prefect-aws block."""
+    from blocks import save_s3_credentials
+
+    key_id = os.environ.get("AWS_ACCESS_KEY_ID") or typer.prompt("S3 access key id")
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY") or typer.prompt("S3 secret access key", hide_input=True)
+    slug = run_step(lambda: save_s3_credentials(key_id, secret, name, kind=kind, region=region, endpoint_url=endpoint_url))
+    console.print(f"saved {slug}; use it with FRAGUA_REGISTRY__CREDENTIALS_BLOCK={slug}", highlight=False)
 
 
 if __name__ == "__main__":

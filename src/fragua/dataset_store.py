@@ -218,7 +218,8 @@ class LocalDatasetStore(DatasetStore):
 
 class ObjectDatasetStore(DatasetStore):
     """Versions as objects ``<prefix>/<id>/<file>`` in an :class:`~fragua.storage.ObjectStore`
-    (S3, or the local-directory store); opened versions are cached in a local folder.
+    (the registry's S3 bucket or folder: ``data.store = "registry"``); opened versions are
+    cached in a local folder.
 
     The manifest is uploaded last with a create-only write, so a version without one does
     not exist and two writers of the same content cannot both publish it."""
@@ -393,7 +394,7 @@ def records_table(records: Iterable[Record]) -> pa.Table:
 
 
 def write_dataset_version(
-    root: Path,
+    store: DatasetStore | Path,
     records: list[Record],
     *,
     quarantine: list[dict[str, Any]],
@@ -402,8 +403,9 @@ def write_dataset_version(
     parent: str | None = None,
     report: dict[str, Any] | None = None,
 ) -> DatasetManifest:
-    """Store in-memory records (e.g. an expanded train split) as a version under ``root``."""
-    store = LocalDatasetStore(root)
+    """Store in-memory records (e.g. an expanded train split) as a version (``store``: a
+    DatasetStore, or the folder of a local one)."""
+    store = store if isinstance(store, DatasetStore) else LocalDatasetStore(store)
     staging = store.staging()
     try:
         writer = VersionWriter(staging)

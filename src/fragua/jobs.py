@@ -8,26 +8,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from . import __version__, dataset_store
 from .base_model import build_tiny_base
-from .dataset_store import DatasetManifest, DatasetStore, LocalDatasetStore
+from .dataset_store import DatasetManifest, DatasetStore, LocalDatasetStore, ObjectDatasetStore
 from .evaluation import Evaluation, evaluate
 from .expand import expand_train
 from .gates import Decision, decide
 from .ingest import IngestError, ingest, sources_fingerprint
-from .sources import file_sha256
 from .modeling import ModelLoadError, load_for_inference
+from .progress import transfer_progress
 from .records import Record
-from .registry import PRODUCTION, AliasState, Registry, RegistryError, VersionManifest, size_label
+from .registry import PREVIOUS, PRODUCTION, AliasState, CleanupReport, Registry, RegistryError, VersionManifest, size_label
 from .report import model_card, validation_report
 from .settings import Settings
-from .storage import LocalStore
+from .sources import file_sha256
+from .storage import LocalStore, ObjectStore
 from .tracking import tracking_run
 from .training import TrainReport, train
 
@@ -47,6 +50,13 @@ class ValidationOutcome(BaseModel):
     eval_path: str
 
 
+class Promotion(BaseModel):
+    """An alias move and what it replaced: enough to undo it if a later deploy step fails."""
+
+    production: AliasState
+    previous_before: str | None
+
+
 class DeployOutcome(BaseModel):
     version: str | None
     published: bool
@@ -60,6 +70,9 @@ class DeployOutcome(BaseModel):
 
 
 def open_dataset_store(settings: Settings) -> DatasetStore:
+    """Where dataset versions live (data.store): work_dir/datasets, or the registry's storage."""
+    if settings.data.store == "registry":
+        return ObjectDatasetStore(open_store(settings), settings.work_path / "cache" / "datasets")
     return LocalDatasetStore(settings.datasets_path)
 
 
@@ -115,14 +128,15 @@ def ingest_sources(settings: Settings) -> DatasetManifest:
 
 def expand_dataset(settings: Settings, dataset_id: str) -> DatasetManifest:
     """A child dataset version whose train split is augmented; validation copied unchanged."""
-    parent = dataset_store.find_dataset(settings.datasets_path, dataset_id)
+    store = open_dataset_store(settings)
+    parent = store.find(dataset_id)
     train_records = dataset_store.load_records(parent, "train")
     expanded, report = expand_train(train_records, settings.expand)
     if len(expanded) == len(train_records):
         return parent
     held_out = dataset_store.load_records(parent, "validation") + dataset_store.load_records(parent, "test")
     return dataset_store.write_dataset_version(
-        settings.datasets_path,
+        store,
         expanded + held_out,
         quarantine=[],
         sources=parent.sources,
@@ -164,7 +178,7 @@ def training_run_id(settings: Settings, dataset_id: str) -> str:
 
 
 def train_model(settings: Settings, dataset_id: str, *, progress: Callable[[dict[str, Any]], None] | None = None) -> TrainReport:
-    dataset = dataset_store.find_dataset(settings.datasets_path, dataset_id)
+    dataset = open_dataset_store(settings).find(dataset_id)
     base = ensure_base_model(settings)
     run_id = training_run_id(settings, dataset.id)
     run_dir = settings.runs_path / run_id
@@ -208,8 +222,17 @@ def load_run(settings: Settings, run_id: str | None) -> dict[str, Any]:
 # Validation -----------------------------------------------------------------------------
 
 
+def open_store(settings: Settings) -> ObjectStore:
+    """The configured registry backend: a local directory or an S3 bucket."""
+    if settings.registry.backend == "s3":
+        from .s3 import open_s3_store
+
+        return open_s3_store(settings.registry)
+    return LocalStore(settings.registry_path)
+
+
 def open_registry(settings: Settings) -> Registry:
-    return Registry(LocalStore(settings.registry_path), settings.registry.model_name)
+    return Registry(open_store(settings), settings.registry.model_name, progress=transfer_progress)
 
 
 def production_state(settings: Settings) -> AliasState | None:
@@ -222,7 +245,7 @@ def fetch_version(settings: Settings, version: str) -> Path:
 
 
 def evaluate_model(settings: Settings, dataset_id: str, model_path: str, *, name: str) -> Evaluation:
-    dataset = dataset_store.find_dataset(settings.datasets_path, dataset_id)
+    dataset = open_dataset_store(settings).find(dataset_id)
     records = dataset_split(settings, dataset, "validation")
     loaded = load_for_inference(model_path, settings.train)
     return evaluate(loaded.model, loaded.tokenizer, records, settings.validate, max_length=settings.train.max_seq_length, name=name)
@@ -292,19 +315,28 @@ def load_validation(settings: Settings, run_id: str) -> ValidationOutcome:
 # Registry -------------------------------------------------------------------------------
 
 
-def publish_run(settings: Settings, run_id: str, *, flow_run_id: str | None = None) -> VersionManifest:
-    """Allocate the next version and upload the run's model, reports and card; manifest last."""
+def allocate_version(settings: Settings, run_id: str) -> str:
+    """Reserve the next version number for a run (its size label comes from the trained model)."""
+    run_dir = Path(load_run(settings, run_id)["run_dir"])
+    size = settings.registry.size_label
+    if size == "auto":
+        size = size_label(TrainReport.model_validate_json((run_dir / "train_report.json").read_text()).base_parameters)
+    return open_registry(settings).allocate(size)
+
+
+def publish_run(settings: Settings, run_id: str, *, flow_run_id: str | None = None, version: str | None = None) -> VersionManifest:
+    """Upload the run's model, reports and card as ``version`` (allocated here when None); manifest last.
+
+    With a ``version`` allocated beforehand, a retry after a storage failure uploads into
+    the same version instead of taking a new number."""
     run = load_run(settings, run_id)
     validation = load_validation(settings, run_id)
     if not validation.decision.passed:
         raise RegistryError(f"run {run_id} did not pass validation; not publishing:\n  " + "\n  ".join(validation.decision.reasons))
     run_dir = Path(run["run_dir"])
     train_report = TrainReport.model_validate_json((run_dir / "train_report.json").read_text())
-    dataset = dataset_store.find_dataset(settings.datasets_path, run["dataset_id"])
+    dataset = open_dataset_store(settings).find(run["dataset_id"])
     registry = open_registry(settings)
-    size = settings.registry.size_label
-    if size == "auto":
-        size = size_label(train_report.base_parameters)
     production = production_state(settings)
     manifest_fields = {
         "metrics": {
@@ -326,7 +358,7 @@ def publish_run(settings: Settings, run_id: str, *, flow_run_id: str | None = No
             "settings": run["settings"],
         },
     }
-    version = registry.allocate(size)
+    version = version or allocate_version(settings, run_id)
     card = run_dir / "README.md"
     card.write_text(
         model_card(
@@ -373,7 +405,7 @@ def verify_version(settings: Settings, version: str) -> str:
     return loaded.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def promote_version(settings: Settings, version: str, *, expected_production: str | None, reason: str, actor: str | None = None) -> AliasState:
+def promote_version(settings: Settings, version: str, *, expected_production: str | None, reason: str, actor: str | None = None) -> Promotion:
     """Move production to ``version`` only if production is still what validation compared against."""
     registry = open_registry(settings)
     expected = registry.alias(PRODUCTION)
@@ -383,8 +415,77 @@ def promote_version(settings: Settings, version: str, *, expected_production: st
             f"production is now {current or 'unset'}, but {version} was validated against {expected_production or 'no production version'}; "
             "validate again before deploying"
         )
-    return registry.promote(version, reason=reason, actor=actor, expected=expected)
+    previous, _ = registry.alias(PREVIOUS)
+    state = registry.promote(version, reason=reason, actor=actor, expected=expected)
+    return Promotion(production=state, previous_before=previous.version if previous else None)
+
+
+def revert_promotion(settings: Settings, promotion: Promotion, *, reason: str, actor: str | None = None) -> bool:
+    """Put production (and previous) back as they were before ``promotion``, unless someone moved them since."""
+    return open_registry(settings).revert(promotion.production, promotion.previous_before, reason=reason, actor=actor)
+
+
+def confirm_production(settings: Settings, version: str) -> None:
+    """The post-promotion check: production resolves to ``version`` and all its files are in the store."""
+    open_registry(settings).confirm(PRODUCTION, version)
 
 
 def rollback(settings: Settings, to: str | None = None, *, actor: str | None = None) -> AliasState:
     return open_registry(settings).rollback(to, actor=actor)
+
+
+def clean_registry(
+    settings: Settings, *, keep_last: int | None = None, grace_minutes: float | None = None, dry_run: bool = False
+) -> CleanupReport:
+    """`fragua registry gc`: unfinished versions past the grace period, then retention (keep_last)."""
+    grace = settings.registry.gc_grace_minutes if grace_minutes is None else grace_minutes
+    return open_registry(settings).cleanup(
+        keep_last=keep_last if keep_last is not None else settings.registry.keep_last,
+        grace=timedelta(minutes=grace),
+        dry_run=dry_run,
+    )
+
+
+# Export ---------------------------------------------------------------------------------
+
+
+class ExportOutcome(BaseModel):
+    version: str
+    folder: str = Field(description="The exported model: the version as stored, or merged into its base.")
+    merged: bool
+    gguf: str | None = None
+
+
+def export_version(
+    settings: Settings,
+    version: str,
+    output: Path,
+    *,
+    merged: bool,
+    gguf: bool = False,
+    converter: Path | None = None,
+    gguf_type: str = "f16",
+) -> ExportOutcome:
+    """A verified copy of ``version`` under ``output``: as stored, merged (safetensors) and/or GGUF.
+
+    GGUF needs a merged model and llama.cpp's converter; without the converter this raises
+    ExportError naming what to install, after the merged model was written."""
+    from .export import INSTALL_CONVERTER, ExportError, convert_to_gguf, find_converter, merge_version
+
+    registry = open_registry(settings)
+    manifest = registry.manifest(version)
+    local = registry.fetch(version, settings.work_path / "cache" / "models")
+    output = output.expanduser().resolve()
+    if not (merged or gguf):
+        target = output / version
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(local, target)
+        return ExportOutcome(version=version, folder=str(target), merged=False)
+    folder = merge_version(local, manifest, output / f"{version}-merged", settings.train)
+    if not gguf:
+        return ExportOutcome(version=version, folder=str(folder), merged=True)
+    found = find_converter(converter)
+    if found is None:
+        raise ExportError(f"{INSTALL_CONVERTER}\nmerged model: {folder}")
+    gguf_file = convert_to_gguf(folder, output / f"{version}.gguf", found, outtype=gguf_type)
+    return ExportOutcome(version=version, folder=str(folder), merged=True, gguf=str(gguf_file))

@@ -105,7 +105,11 @@ def model_card(*, version: str, manifest_fields: dict[str, Any], metrics: Metric
             "tokenizer = AutoTokenizer.from_pretrained(\"PATH/TO/" + version + "\")  # carries the chat template",
             "```",
             "",
-            "or `fragua versions` / `fragua rollback` to manage it in the registry.",
+            "or `fragua versions` / `fragua rollback` to manage it in the registry. Weights are safetensors only; "
+            "nothing here needs `trust_remote_code`.",
+            "",
+            f"`fragua export {version} --merged` writes the adapter merged into its base as a standalone safetensors model; "
+            f"`fragua export {version} --gguf` also writes a GGUF file for Ollama/llama.cpp (needs llama.cpp's converter).",
             "",
             "## Validation report",
             "",

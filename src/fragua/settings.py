@@ -162,6 +162,9 @@ class DataSettings(Section):
     batch_size: int = Field(
         20_000, ge=64, le=1_000_000, description="Rows processed at a time; ingest memory grows with it, not with the dataset."
     )
+    store: Literal["local", "registry"] = Field(
+        "local", description="Where dataset versions live: 'local' is work_dir/datasets; 'registry' is the registry's storage (its S3 bucket, or its folder) under datasets/, cached in work_dir/cache/datasets."
+    )
     parquet_compression: Literal["none", "snappy", "lz4", "zstd"] = Field(
         "none", description="Codec of the dataset version's Parquet files: none is fastest to write (about twice the size of snappy), snappy compresses fast, zstd smallest (good for versions kept on S3)."
     )
@@ -301,12 +304,44 @@ class ValidateSettings(Section):
     max_examples: int | None = Field(None, ge=1, description="Evaluate at most this many validation examples (a deterministic prefix).")
 
 
+S3_BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+CREDENTIALS_BLOCK_PATTERN = re.compile(r"^(aws-credentials|minio-credentials)/[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
 class RegistrySettings(Section):
-    backend: Literal["local"] = Field("local", description="Where versions live; 'local' is a directory (work_dir/registry unless root is set).")
+    backend: Literal["local", "s3"] = Field(
+        "local", description="Where versions live: 'local' is a directory (work_dir/registry unless root is set); 's3' is a bucket on AWS S3, MinIO, R2 or any S3-compatible service."
+    )
     root: Path | None = Field(None, description="Directory of the local registry; None means work_dir/registry.")
     model_name: str = Field("fragua", description="Name of the model family: versions are <model_name>-<size>-v<N>.")
     size_label: str = Field("auto", description="Size in version names; 'auto' reads the parameter count ('tiny' under 50M, else e.g. '500m', '7b').")
     auto_deploy: bool = Field(True, description="Move the 'production' alias to a version that passes validation; off, versions are only registered.")
+    bucket: str | None = Field(None, description="S3 bucket of the registry (backend 's3'); it must exist.")
+    prefix: str = Field("", description="Key prefix inside the bucket, e.g. 'team-a/registry', so several registries can share one bucket.")
+    endpoint_url: str | None = Field(
+        None, pattern=r"^https?://[^\s/]+(/.*)?$",
+        description="S3 endpoint for MinIO, Cloudflare R2, Ceph... (e.g. http://127.0.0.1:9000); None means AWS, or AWS_ENDPOINT_URL_S3 / the credentials block's endpoint.",
+    )
+    region: str | None = Field(None, pattern=r"^[a-z0-9-]{1,40}$", description="S3 region; None uses AWS_DEFAULT_REGION / the AWS config (R2 wants 'auto', MinIO 'us-east-1').")
+    access_key_id: str | None = Field(None, min_length=1, description="S3 access key id; None reads the credentials block or the standard AWS chain (AWS_ACCESS_KEY_ID, ~/.aws, instance role).")
+    secret_access_key: SecretStr | None = Field(None, description="S3 secret key that goes with access_key_id; prefer credentials_block or the environment.")
+    session_token: SecretStr | None = Field(None, description="Temporary-credentials session token that goes with access_key_id.")
+    credentials_block: str | None = Field(
+        None, description="Prefect block with the S3 credentials, as 'aws-credentials/NAME' or 'minio-credentials/NAME' (see `fragua blocks save-s3-credentials`)."
+    )
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="Bucket in the path (MinIO and most self-hosted servers) or in the host name (AWS); 'auto' lets boto3 decide."
+    )
+    max_attempts: int = Field(5, ge=1, le=20, description="Attempts per S3 request (botocore 'standard' retries with backoff) before a task-level retry takes over.")
+    multipart_threshold_mb: int = Field(16, ge=5, le=5_120, description="Files at least this large go up and down in parts, in parallel.")
+    multipart_chunk_mb: int = Field(8, ge=5, le=5_120, description="Part size of multipart transfers; S3 allows at most 10,000 parts per object.")
+    max_concurrency: int = Field(16, ge=1, le=128, description="Parallel requests of one version's upload or download (parts and files together).")
+    keep_last: int | None = Field(
+        None, ge=1, description="Retention: after each deploy (and in `fragua registry gc`) delete all but the newest N versions; versions an alias points to are always kept. None keeps everything."
+    )
+    gc_grace_minutes: float = Field(
+        60.0, ge=0.0, description="`fragua registry gc` removes unfinished versions (no manifest) only when allocated at least this long ago, so it never races an upload in progress."
+    )
 
     @field_validator("model_name")
     @classmethod
@@ -317,6 +352,52 @@ class RegistrySettings(Section):
     @classmethod
     def _size(cls, value: str) -> str:
         return check_name(value, "registry.size_label")
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, value: str | None) -> str | None:
+        if value is not None and (not S3_BUCKET_PATTERN.fullmatch(value) or ".." in value):
+            raise ValueError(f"invalid registry.bucket {value!r}: 3-63 lowercase letters, digits, '.' and '-', starting and ending with a letter or digit")
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        value = value.strip("/")
+        for part in value.split("/") if value else []:
+            check_name(part, "registry.prefix part")
+        return value
+
+    @field_validator("credentials_block")
+    @classmethod
+    def _block(cls, value: str | None) -> str | None:
+        if value is not None and not CREDENTIALS_BLOCK_PATTERN.fullmatch(value):
+            raise ValueError(f"invalid registry.credentials_block {value!r}: use 'aws-credentials/NAME' or 'minio-credentials/NAME'")
+        return value
+
+    @model_validator(mode="after")
+    def _backend(self) -> RegistrySettings:
+        s3_only = ("bucket", "endpoint_url", "region", "access_key_id", "secret_access_key", "session_token", "credentials_block")
+        if self.backend == "s3":
+            if self.bucket is None:
+                raise ValueError("registry.backend 's3' needs registry.bucket (FRAGUA_REGISTRY__BUCKET)")
+            if self.root is not None:
+                raise ValueError("registry.root is for the local backend; with registry.backend 's3' use registry.bucket and registry.prefix")
+        else:
+            given = [name for name in s3_only if getattr(self, name) is not None]
+            if given:
+                raise ValueError(f"registry.{given[0]} is set but registry.backend is 'local'; set registry.backend to 's3' to use it, or remove it")
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("registry.access_key_id and registry.secret_access_key go together: set both or neither")
+        if self.session_token is not None and self.access_key_id is None:
+            raise ValueError("registry.session_token needs registry.access_key_id and registry.secret_access_key")
+        if self.access_key_id is not None and self.credentials_block is not None:
+            raise ValueError("set registry.access_key_id/secret_access_key or registry.credentials_block, not both")
+        if self.multipart_chunk_mb > self.multipart_threshold_mb:
+            raise ValueError(
+                f"registry.multipart_chunk_mb ({self.multipart_chunk_mb}) must not exceed registry.multipart_threshold_mb ({self.multipart_threshold_mb})"
+            )
+        return self
 
 
 class TrackingSettings(Section):

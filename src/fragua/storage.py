@@ -2,8 +2,8 @@
 
 The registry needs exactly two guarantees from storage: create-only writes
 (``if_none_match``) for allocating version numbers, and compare-and-swap writes
-(``if_match`` on an ETag) for moving aliases. S3 offers both natively; the local backend
-provides them with ``os.link`` (atomic create) and a per-key ``flock``.
+(``if_match`` on an ETag) for moving aliases. S3 offers both natively (see ``fragua.s3``);
+the local backend provides them with ``os.link`` (atomic create) and a per-key ``flock``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,14 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator
+
+# Called with the number of bytes moved since the last call (boto3's Callback contract).
+Progress = Callable[[int], None]
+LOCAL_COPY_WORKERS = 4
 
 
 class StoreError(RuntimeError):
@@ -32,9 +37,17 @@ class PreconditionFailed(StoreError):
     """A conditional write lost: the key exists (create-only) or changed (compare-and-swap)."""
 
 
+class StoreConfigurationError(StoreError):
+    """Storage refused us for a reason retrying cannot fix: no such bucket, bad credentials."""
+
+
 def check_key(key: str) -> str:
-    parts = PurePosixPath(key).parts
-    if not key or key.startswith("/") or any(p in ("..", ".") for p in parts) or any(ord(c) < 32 for c in key):
+    """Reject keys that could escape the store's root or mean different things on disk and in S3:
+    absolute, '.'/'..' parts, empty parts ('a//b'; a trailing '/' marks a prefix) and control characters."""
+    parts = key.split("/")
+    if parts and parts[-1] == "":
+        parts = parts[:-1]
+    if not parts or any(p in ("", ".", "..") for p in parts) or any(ord(c) < 32 or ord(c) == 127 for c in key):
         raise StoreError(f"invalid storage key {key!r}")
     return key
 
@@ -53,16 +66,46 @@ class ObjectStore(ABC):
         """Object content and ETag; NotFound if absent."""
 
     @abstractmethod
-    def put_file(self, key: str, path: Path) -> None: ...
+    def put_file(self, key: str, path: Path, progress: Progress | None = None) -> None:
+        """Upload a file (unconditionally); ``progress`` gets byte counts as they move."""
 
     @abstractmethod
-    def get_file(self, key: str, destination: Path) -> None: ...
+    def get_file(self, key: str, destination: Path, progress: Progress | None = None) -> None:
+        """Download an object to ``destination``; NotFound if absent."""
 
     @abstractmethod
-    def list_keys(self, prefix: str) -> list[str]: ...
+    def size(self, key: str) -> int:
+        """Size of an object in bytes; NotFound if absent."""
 
     @abstractmethod
-    def delete(self, key: str) -> None: ...
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix`` (a plain string prefix), sorted."""
+
+    @abstractmethod
+    def list_children(self, prefix: str) -> list[str]:
+        """Names of the immediate 'folders' under ``prefix`` (which ends with '/'), sorted."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove an object; absent objects are not an error."""
+
+    @abstractmethod
+    def delete_if_match(self, key: str, etag: str | None) -> None:
+        """Remove an object only if its ETag is still ``etag``; PreconditionFailed otherwise."""
+
+    def put_files(self, pairs: list[tuple[str, Path]], progress: Progress | None = None) -> None:
+        """Upload many files (key, local path); backends may move them in parallel."""
+        for key, path in pairs:
+            self.put_file(key, path, progress)
+
+    def get_files(self, pairs: list[tuple[str, Path]], progress: Progress | None = None) -> None:
+        """Download many objects (key, local destination); backends may move them in parallel."""
+        for key, destination in pairs:
+            self.get_file(key, destination, progress)
+
+    def delete_many(self, keys: list[str]) -> None:
+        for key in keys:
+            self.delete(key)
 
     def exists(self, key: str) -> bool:
         try:
@@ -78,6 +121,14 @@ def _etag(data: bytes) -> str:
 
 class LocalStore(ObjectStore):
     """Objects as files under a root folder; safe for concurrent processes on one machine."""
+
+    def put_files(self, pairs: list[tuple[str, Path]], progress: Progress | None = None) -> None:
+        with ThreadPoolExecutor(LOCAL_COPY_WORKERS) as pool:
+            list(pool.map(lambda pair: self.put_file(pair[0], pair[1], progress), pairs))
+
+    def get_files(self, pairs: list[tuple[str, Path]], progress: Progress | None = None) -> None:
+        with ThreadPoolExecutor(LOCAL_COPY_WORKERS) as pool:
+            list(pool.map(lambda pair: self.get_file(pair[0], pair[1], progress), pairs))
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -131,6 +182,14 @@ class LocalStore(ObjectStore):
             staged.unlink(missing_ok=True)
         return _etag(data)
 
+    def delete_if_match(self, key: str, etag: str | None) -> None:
+        target = self.path(key)
+        with self._locked(key):
+            current = _etag(target.read_bytes()) if target.exists() else None
+            if current is None or current != etag:
+                raise PreconditionFailed(f"{key} changed in {self.describe()} (expected ETag {etag}, found {current})")
+            self.delete(key)
+
     def get_bytes(self, key: str) -> tuple[bytes, str]:
         try:
             data = self.path(key).read_bytes()
@@ -138,7 +197,7 @@ class LocalStore(ObjectStore):
             raise NotFound(f"{key} not found in {self.describe()}") from exc
         return data, _etag(data)
 
-    def put_file(self, key: str, path: Path) -> None:
+    def put_file(self, key: str, path: Path, progress: Progress | None = None) -> None:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
@@ -148,31 +207,58 @@ class LocalStore(ObjectStore):
             os.replace(name, target)
         finally:
             Path(name).unlink(missing_ok=True)
+        if progress:
+            progress(target.stat().st_size)
 
-    def get_file(self, key: str, destination: Path) -> None:
+    def get_file(self, key: str, destination: Path, progress: Progress | None = None) -> None:
         source = self.path(key)
         if not source.is_file():
             raise NotFound(f"{key} not found in {self.describe()}")
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, destination)
+        if progress:
+            progress(destination.stat().st_size)
+
+    def size(self, key: str) -> int:
+        try:
+            return self.path(key).stat().st_size
+        except FileNotFoundError as exc:
+            raise NotFound(f"{key} not found in {self.describe()}") from exc
 
     def list_keys(self, prefix: str) -> list[str]:
-        base = self.root / prefix if prefix else self.root
+        # Walk only the folder that holds the prefix, then match it as a string, as S3 does.
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        base = self.root / folder if folder else self.root
         if not base.is_dir():
             return []
         keys = []
         for path in base.rglob("*"):
             if path.is_file() and not path.name.startswith(".tmp-"):
                 relative = path.relative_to(self.root).as_posix()
-                if not relative.startswith(".locks/"):
+                if relative.startswith(prefix) and not relative.startswith(".locks/"):
                     keys.append(relative)
         return sorted(keys)
 
+    def list_children(self, prefix: str) -> list[str]:
+        base = self.root / prefix if prefix else self.root
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and any(f.is_file() for f in p.rglob("*")))
+
     def delete(self, key: str) -> None:
+        path = self.path(key)
         try:
-            self.path(key).unlink()
+            path.unlink()
         except FileNotFoundError:
             return
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 raise StoreError(f"cannot delete {key} in {self.describe()}: {exc}") from exc
+        # Empty folders are not objects: remove them so a deleted version leaves nothing behind.
+        for parent in path.parents:
+            if parent == self.root or not parent.is_relative_to(self.root):
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break
