@@ -8,6 +8,7 @@ from prefect.cache_policies import NO_CACHE
 
 from fragua import jobs
 from fragua.evaluation import Evaluation
+from fragua.hpo import HpoPlan, HpoResult, Trial, TrialResult
 from fragua.settings import Settings
 from fragua.training import TrainReport
 
@@ -29,8 +30,8 @@ def train_task(settings: Settings, dataset_id: str) -> TrainReport:
 
     def on_progress(event: dict[str, Any]) -> None:
         logger.info(
-            "step %s/%s loss %.4f lr %.2e eta %ss",
-            event["step"], event["max_steps"], event["loss"], event["learning_rate"], event["eta_seconds"],
+            "step %s/%s loss %.4f lr %.2e %s tokens/s eta %ss",
+            event["step"], event["max_steps"], event["loss"], event["learning_rate"], event["tokens_per_second"] or "-", event["eta_seconds"],
         )
         update_progress_artifact(progress, progress=100.0 * event["step"] / max(event["max_steps"], 1))
 
@@ -42,6 +43,30 @@ def train_task(settings: Settings, dataset_id: str) -> TrainReport:
         f", resumed from {report.resumed_from}" if report.resumed_from else "",
     )
     return report
+
+
+@task(name="hpo-plan", cache_policy=NO_CACHE)
+def hpo_plan_task(settings: Settings, dataset_id: str) -> HpoPlan:
+    plan = jobs.plan_hpo(settings, dataset_id)
+    get_run_logger().info("hyperparameter search: %d trials, %s minutes", len(plan.trials), settings.hpo.time_budget_minutes)
+    return plan
+
+
+# A retry resumes the trial's run from its newest complete checkpoint, like the train task.
+@task(name="hpo-trial", retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only, cache_policy=NO_CACHE,
+      task_run_name="trial-{trial.number}")
+def hpo_trial_task(settings: Settings, dataset_id: str, trial: Trial, deadline: float) -> TrialResult:
+    result = jobs.run_trial(settings, dataset_id, trial, deadline)
+    get_run_logger().info(
+        "trial %d (lr %g, r %d, alpha %d, epochs %g): %s, validation loss %s",
+        trial.number, trial.learning_rate, trial.r, trial.alpha, trial.epochs, result.status, result.eval_loss,
+    )
+    return result
+
+
+@task(name="hpo-record", cache_policy=NO_CACHE)
+def hpo_record_task(settings: Settings, dataset_id: str, results: list[TrialResult]) -> HpoResult:
+    return jobs.record_hpo(settings, dataset_id, results)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)

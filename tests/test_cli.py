@@ -81,3 +81,17 @@ def test_ingest_prints_the_dataset_summary_and_export_gives_one_domain(prefect_a
     assert rows and {r["domain"] for r in rows} == {"hotel"} and {r["split"] for r in rows} == {"validation"}
     unknown = runner.invoke(app, ["--work-dir", str(work), "datasets", "export", "--domain", "spa", "--output", str(out)])
     assert unknown.exit_code == 2 and "no domain 'spa'" in unknown.output
+
+
+def test_train_shows_a_progress_bar_and_the_run_summary(prefect_api, tmp_path):
+    from .conftest import EXAMPLES
+
+    result = runner.invoke(
+        app,
+        ["--work-dir", str(tmp_path), "--set", "train.max_steps=4", "--set", "train.logging_steps=1", "--set", "tracking.mode=disabled",
+         "train", "--source", str(EXAMPLES / "batch1" / "ml_concepts.jsonl")],
+        env={"COLUMNS": "160"},
+    )
+    assert result.exit_code == 0, result.output
+    assert "4/4" in result.output and "tok/s" in result.output  # the bar reached the last step
+    assert "Training run" in result.output and "padding-free" in result.output

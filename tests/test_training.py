@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,3 +93,92 @@ def test_qlora_without_bitsandbytes_fails_before_loading(tiny_base, records, tmp
     monkeypatch.setattr(builtins, "__import__", no_bitsandbytes)
     with pytest.raises(ModelLoadError, match="use train.method 'lora' instead"):
         run(tiny_base, records, tmp_path / "q", method="qlora")
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_qlora_trains_its_adapters_on_a_quantised_base(tiny_base, records, tmp_path, bits):
+    pytest.importorskip("bitsandbytes")
+    from fragua.modeling import ModelLoadError, require_quantization_backend
+
+    try:
+        require_quantization_backend()
+    except ModelLoadError as exc:
+        pytest.skip(str(exc))
+    report, events = run(tiny_base, records, tmp_path / f"q{bits}", method="qlora", quant={"bits": bits}, max_steps=3, save_steps=10, logging_steps=1)
+    adapter = load_file(str(tmp_path / f"q{bits}" / "model" / "adapter_model.safetensors"))
+    lora_b = {name: tensor for name, tensor in adapter.items() if "lora_B" in name}
+    # LoRA B starts at zero; the probe forward before training must not have frozen them.
+    assert lora_b and all(tensor.abs().sum() > 0 for tensor in lora_b.values())
+    assert report.method == "qlora" and report.global_step == 3 and len(events) == 3
+    assert report.batching.startswith("padding-free")
+    assert events[-1]["loss"] < events[0]["loss"] * 1.5
+
+
+@pytest.fixture(scope="module")
+def base_without_chat_tokens(tmp_path_factory):
+    """A base model whose tokenizer has no chat template and no ChatML tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from fragua.base_model import corpus_texts
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.train_from_iterator(corpus_texts(), trainers.BpeTrainer(vocab_size=600, special_tokens=["</s>"], show_progress=False,
+                                                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="</s>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True, initializer_range=0.1,
+                         eos_token_id=tokenizer.eos_token_id)
+    folder = tmp_path_factory.mktemp("plain-base")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_chatml_tokens_missing_from_the_vocabulary_are_added_and_trained(base_without_chat_tokens, records, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fragua.chat import CHATML_TEMPLATE
+    from fragua.modeling import load_for_inference
+
+    report, _ = run(base_without_chat_tokens, records, tmp_path / "run", max_steps=4)
+    assert report.added_tokens == ["<|im_start|>", "<|im_end|>"]
+    saved = tmp_path / "run" / "model"
+    tokenizer = AutoTokenizer.from_pretrained(saved)
+    assert tokenizer.chat_template == CHATML_TEMPLATE
+    new_ids = tokenizer.convert_tokens_to_ids(report.added_tokens)
+    base = AutoModelForCausalLM.from_pretrained(base_without_chat_tokens)
+    assert max(new_ids) >= base.get_input_embeddings().num_embeddings  # rows the base did not have
+    base.resize_token_embeddings(len(tokenizer))
+    loaded = load_for_inference(saved, TrainSettings())
+    trained_rows = loaded.model.get_input_embeddings()(torch.tensor(new_ids))
+    initial_rows = base.get_input_embeddings()(torch.tensor(new_ids))
+    assert not torch.allclose(trained_rows, initial_rows)  # the new rows learned
+    old_ids = torch.tensor([5, 17, 42])
+    torch.testing.assert_close(loaded.model.get_input_embeddings()(old_ids), base.get_input_embeddings()(old_ids))
+
+
+def test_early_stopping_keeps_the_best_checkpoint(tiny_base, records, tmp_path):
+    # A learning rate this high makes validation loss climb after the first evaluations.
+    report, _ = run(tiny_base, records, tmp_path / "run", max_steps=40, learning_rate=0.3, lr_scheduler="constant",
+                    save_steps=2, eval_steps=2, early_stopping_patience=2)
+    evals = [e["eval_loss"] for e in report.log_history if "eval_loss" in e]
+    assert report.stopped_early and report.global_step < report.max_steps == 40
+    assert report.best_checkpoint and Path(report.best_checkpoint).parent == tmp_path / "run" / "checkpoints"
+    during, final = evals[:-1], evals[-1]
+    best = min(during)
+    assert during.index(best) == len(during) - 3  # two evaluations without improvement, then stop
+    assert report.eval_loss == final == pytest.approx(best, rel=1e-5)  # the best weights were loaded at the end
+
+
+def test_the_same_seed_gives_the_same_loss_curve(tiny_base, records, tmp_path):
+    def curve(name: str, seed: int) -> list[float]:
+        report, _ = run(tiny_base, records, tmp_path / name, max_steps=4, logging_steps=1, save_steps=100, seed=seed)
+        return [e["loss"] for e in report.log_history if "loss" in e]
+
+    first = curve("a", 7)
+    assert curve("b", 7) == first
+    assert curve("c", 8) != first

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 from pydantic import ValidationError
@@ -193,14 +194,101 @@ def train(
     from flows.train import train_flow
 
     settings = load_settings(ctx, source)
-    report = run_step(lambda: train_flow(settings, dataset))
+    with training_progress_bar():
+        report = run_step(lambda: train_flow(settings, dataset))
     console.print(
         _kv_table(
             f"Training run {report.run_id}",
-            [("steps", report.global_step), ("train loss", report.train_loss), ("validation loss", report.eval_loss),
-             ("resumed from", report.resumed_from or "-"), ("model", report.adapter_dir), ("tracking", report.tracking_run or "disabled")],
+            [("steps", f"{report.global_step} of {report.max_steps}" + (" (stopped early)" if report.stopped_early else "")),
+             ("train loss", report.train_loss), ("validation loss", report.eval_loss),
+             ("tokens/s", report.tokens_per_second or "-"), ("batching", report.batching),
+             ("resumed from", report.resumed_from or "-"), ("continued version", report.parent_version or "-"),
+             ("model", report.adapter_dir), ("tracking", report.tracking_run or "disabled")],
         )
     )
+
+
+class _ProgressBarHandler(logging.Handler):
+    """Moves a rich progress bar with the training's progress log records."""
+
+    def __init__(self, progress: Any) -> None:
+        super().__init__(logging.INFO)
+        self.progress = progress
+        self.task: Any = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = getattr(record, "progress", None)
+        if not event:
+            return
+        if self.task is None or event["step"] < self.progress.tasks[-1].completed:
+            # First event, or a new run began (the next trial of a hyperparameter search).
+            self.task = self.progress.add_task("training", total=event["max_steps"])
+        description = f"loss {event['loss']:.4f}  {event.get('tokens_per_second') or '-'} tok/s"
+        self.progress.update(self.task, completed=event["step"], total=event["max_steps"], description=description)
+
+
+@contextmanager
+def training_progress_bar() -> Iterator[None]:
+    """A progress bar (steps, loss, tokens/s, time left) while a command trains."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    train_logger = logging.getLogger("fragua.train")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        handler = _ProgressBarHandler(progress)
+        level = train_logger.level
+        train_logger.addHandler(handler)
+        train_logger.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            train_logger.removeHandler(handler)
+            train_logger.setLevel(level)
+
+
+@app.command()
+def hpo(
+    ctx: typer.Context,
+    dataset: Optional[str] = typer.Option(None, help="Dataset id or prefix (default: ingest the sources)."),
+    source: Optional[list[Path]] = SOURCE_OPTION,
+) -> None:
+    """Search learning rate, LoRA rank/alpha and epochs (settings section hpo); pick the lowest validation loss."""
+    from flows.hpo import hpo_flow
+
+    from .hpo import trial_rows
+
+    settings = load_settings(ctx, source)
+    with training_progress_bar():
+        result = run_step(lambda: hpo_flow(settings, dataset))
+    table = Table(title=f"Trials on dataset {result.dataset_id}", title_justify="left")
+    rows = trial_rows(result.trials)
+    for column in ("trial", "learning_rate", "r", "alpha", "epochs", "status", "eval_loss", "run_id"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(f"{row[c]:.4f}" if c == "eval_loss" and row[c] is not None else str(row[c]) for c in
+                        ("trial", "learning_rate", "r", "alpha", "epochs", "status", "eval_loss", "run_id")))
+    console.print(table)
+    if result.best:
+        console.print(f"best: trial {result.best.trial.number}, run {result.best.run_id} (validation loss {result.best.eval_loss:.4f}); "
+                      f"next: fragua validate --run {result.best.run_id}", highlight=False)
+    else:
+        console.print("[red]no trial produced a validation loss[/red]")
+    console.print(f"results: {result.report_path}", highlight=False)
+
+
+@app.command("lora-config")
+def lora_config(
+    model: str = typer.Argument(..., help="Hub id, local folder or .gguf file of the base model."),
+    task: str = typer.Option("qa", help="qa, chat, classification or domain."),
+    parameters: Optional[float] = typer.Option(None, help="Parameter count (e.g. 7e9) instead of reading the model's config."),
+) -> None:
+    """Print a recommended LoRA configuration (TOML for a settings file) for MODEL and --task."""
+    from .lora_config import TASKS, count_parameters, recommend_lora
+
+    if task not in TASKS:
+        raise_user(f"unknown --task {task!r}; choose one of: {', '.join(TASKS)}")
+    count = int(parameters) if parameters else run_step(lambda: count_parameters(model))
+    typer.echo(recommend_lora(count, task).toml(), nl=False)  # plain: the TOML must not be wrapped
 
 
 @app.command()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -23,7 +25,9 @@ from .evaluation import Evaluation, evaluate
 from .expand import expand_train
 from .gates import Decision, decide
 from .ingest import IngestError, ingest, sources_fingerprint
-from .modeling import ModelLoadError, load_for_inference
+from .hpo import HpoPlan, HpoResult, Trial, TrialResult, best_trial, sample_trials, trial_rows, trial_settings
+from .incremental import select_incremental
+from .modeling import ModelLoadError, is_adapter, load_for_inference
 from .progress import transfer_progress
 from .records import Record
 from .registry import PREVIOUS, PRODUCTION, AliasState, CleanupReport, Registry, RegistryError, VersionManifest, size_label
@@ -35,6 +39,7 @@ from .tracking import tracking_run
 from .training import TrainReport, train
 
 BASE_MARKER = "fragua_base.json"
+logger = logging.getLogger("fragua.jobs")
 SMOKE_QUESTION = "What can you help me with?"
 
 
@@ -172,34 +177,166 @@ def ensure_base_model(settings: Settings, *, force: bool = False) -> str:
 # Training -------------------------------------------------------------------------------
 
 
-def training_run_id(settings: Settings, dataset_id: str) -> str:
-    """Same data and training settings, same run id: a re-run resumes instead of restarting."""
-    return f"{dataset_id[:12]}-{settings.fingerprint('train')[:8]}"
+def training_run_id(settings: Settings, dataset_id: str, parent_version: str | None = None) -> str:
+    """Same data, training settings (and starting version), same run id: a re-run resumes instead of restarting."""
+    parent = f"-from-{parent_version}" if parent_version else ""
+    return f"{dataset_id[:12]}-{settings.fingerprint('train')[:8]}{parent}"
 
 
-def train_model(settings: Settings, dataset_id: str, *, progress: Callable[[dict[str, Any]], None] | None = None) -> TrainReport:
+class IncrementalStart(BaseModel):
+    """Where incremental training starts: the production version and what it trains on."""
+
+    version: str
+    weights: str
+    adapter: bool
+    summary: dict[str, int]
+
+
+def incremental_start(settings: Settings, base: str, train_records: list[Record]) -> tuple[IncrementalStart, list[Record]] | None:
+    """The production version to continue and the new + replayed examples; None without production."""
+    production = production_state(settings)
+    if production is None:
+        return None
+    manifest = open_registry(settings).manifest(production.version)
+    lineage = manifest.lineage
+    if lineage.get("base_model") != base:
+        raise ModelLoadError(
+            f"incremental training continues production version {production.version}, which was trained from base model "
+            f"{lineage.get('base_model')!r}, but train.base_model resolves to {base!r}; use the same base model or set train.incremental=false"
+        )
+    if (lineage.get("method") == "full") != (settings.train.method == "full"):
+        raise ValueError(
+            f"incremental training cannot continue production version {production.version} (method {lineage.get('method')!r}) "
+            f"with train.method {settings.train.method!r}: adapters continue adapters, full fine-tunes continue full fine-tunes"
+        )
+    store = open_dataset_store(settings)
+    try:
+        parent_dataset = store.find(lineage["dataset_id"])
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            f"incremental training needs dataset {lineage['dataset_id']} of production version {production.version} to tell new "
+            f"examples from old ones, and it is not under {store.describe()}; ingest that data again or set train.incremental=false"
+        ) from exc
+    known = {r.id for split in dataset_store.SPLITS for r in dataset_store.load_records(parent_dataset, split)}
+    selection = select_incremental(train_records, known, replay_ratio=settings.train.replay_ratio, seed=settings.train.seed)
+    weights = fetch_version(settings, production.version)
+    start = IncrementalStart(version=production.version, weights=str(weights), adapter=is_adapter(weights), summary=selection.summary())
+    return start, selection.records
+
+
+def train_model(
+    settings: Settings,
+    dataset_id: str,
+    *,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    deadline: float | None = None,
+    job_type: str = "train",
+) -> TrainReport:
+    """Train (or resume, or return the finished) run for this dataset and these settings."""
     dataset = open_dataset_store(settings).find(dataset_id)
     base = ensure_base_model(settings)
-    run_id = training_run_id(settings, dataset.id)
+    train_records = dataset_split(settings, dataset, "train")
+    start = incremental_start(settings, base, train_records) if settings.train.incremental else None
+    if start:
+        start_info, train_records = start
+    else:
+        start_info = None
+    run_id = training_run_id(settings, dataset.id, start_info.version if start_info else None)
     run_dir = settings.runs_path / run_id
+    finished = run_dir / "train_report.json"
+    if finished.is_file() and (run_dir / "model").is_dir():
+        logger.info("run %s already finished; delete %s to train it again", run_id, run_dir)
+        return TrainReport.model_validate_json(finished.read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "run.json").write_text(
-        json.dumps({"run_id": run_id, "dataset_id": dataset.id, "base_model": base, "settings": settings.redacted()}, indent=2)
-    )
-    with tracking_run(settings.tracking, settings.work_path, name=run_id, job_type="train", config=settings.redacted()) as tracker:
-        report = train(
-            base_model=base,
-            settings=settings.train,
-            train_records=dataset_split(settings, dataset, "train"),
-            eval_records=dataset_split(settings, dataset, "validation"),
-            run_dir=run_dir,
-            report_to=tracker.report_to,
-            run_name=run_id,
-            progress=progress,
+        json.dumps(
+            {"run_id": run_id, "dataset_id": dataset.id, "base_model": base, "parent_version": start_info.version if start_info else None,
+             "settings": settings.redacted()},
+            indent=2,
         )
+    )
+    train_settings = settings.train
+    init_adapter, load_from = None, base
+    if start_info and start_info.adapter:
+        init_adapter = Path(start_info.weights)
+    elif start_info:
+        load_from = start_info.weights  # a full fine-tune continues from its own weights
+    with tracking_run(settings.tracking, settings.work_path, name=run_id, job_type=job_type, config=settings.redacted()) as tracker:
+        common = dict(
+            base_model=load_from, settings=train_settings, train_records=train_records,
+            eval_records=dataset_split(settings, dataset, "validation"), run_dir=run_dir, run_name=run_id,
+            init_adapter=init_adapter, deadline=deadline,
+        )
+        if train_settings.num_processes > 1:
+            from .distributed import train_distributed
+
+            def forward(event: dict[str, Any]) -> None:
+                # The workers cannot share this process's W&B run; their progress is logged here.
+                tracker.log({"train/loss": event["loss"], "train/learning_rate": event["learning_rate"],
+                             "train/tokens_per_second": event["tokens_per_second"], "train/global_step": event["step"]})
+                if progress:
+                    progress(event)
+
+            report = train_distributed(**common, progress=forward)
+        else:
+            report = train(**common, report_to=tracker.report_to, progress=progress)
+        report.base_model = base
+        if start_info:
+            report.parent_version = start_info.version
+            report.incremental = start_info.summary
+            tracker.summarize({"parent_version": start_info.version, **start_info.summary})
+        tracker.summarize({"tokens_per_second": report.tokens_per_second, "batching": report.batching})
         report.tracking_run = tracker.reference
-    (run_dir / "train_report.json").write_text(report.model_dump_json(indent=2))
+    finished.write_text(report.model_dump_json(indent=2))
     return report
+
+
+# Hyperparameter search -------------------------------------------------------------------
+
+
+def plan_hpo(settings: Settings, dataset_id: str) -> HpoPlan:
+    """The trials to run and the search's deadline; fails at once when nothing can be scored."""
+    dataset = open_dataset_store(settings).find(dataset_id)
+    if not dataset.counts.get("validation"):
+        raise ValueError(f"dataset {dataset.id} has no validation examples, so trials cannot be compared; raise data.validation_fraction")
+    return HpoPlan(dataset_id=dataset.id, trials=sample_trials(settings.hpo), deadline=time.time() + settings.hpo.time_budget_minutes * 60)
+
+
+def run_trial(settings: Settings, dataset_id: str, trial: Trial, deadline: float) -> TrialResult:
+    """Train one trial (a normal run: resumable, tracked) and score it by validation loss."""
+    if time.time() >= deadline:
+        return TrialResult(trial=trial, status="skipped (time budget)")
+    try:
+        report = train_model(trial_settings(settings, trial), dataset_id, deadline=deadline, job_type="hpo-trial")
+    except (RuntimeError, ValueError) as exc:
+        return TrialResult(trial=trial, status=f"failed: {exc}")
+    return TrialResult(
+        trial=trial,
+        status="stopped by time budget" if report.stopped_by_time_budget else "finished",
+        run_id=report.run_id,
+        eval_loss=report.eval_loss,
+        train_loss=report.train_loss,
+        global_step=report.global_step,
+        seconds=report.seconds,
+    )
+
+
+def record_hpo(settings: Settings, dataset_id: str, results: list[TrialResult]) -> HpoResult:
+    """Pick the best trial, write the search's result file and log every trial to tracking."""
+    best = best_trial(results)
+    folder = settings.work_path / "hpo"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"hpo-{dataset_id[:12]}-{settings.fingerprint('train', 'hpo')[:8]}"
+    with tracking_run(settings.tracking, settings.work_path, name=name, job_type="hpo", config=settings.redacted()) as tracker:
+        tracker.log_table("trials", trial_rows(results))
+        if best:
+            tracker.summarize({"best_trial": best.trial.number, "best_eval_loss": best.eval_loss, "best_run_id": best.run_id,
+                               **{f"best_{k}": v for k, v in best.trial.model_dump().items() if k != "number"}})
+        outcome = HpoResult(dataset_id=dataset_id, trials=results, best=best, tracking_run=tracker.reference)
+    path = folder / f"{name}.json"
+    outcome.report_path = str(path)
+    path.write_text(outcome.model_dump_json(indent=2))
+    return outcome
 
 
 def load_run(settings: Settings, run_id: str | None) -> dict[str, Any]:
@@ -350,6 +487,8 @@ def publish_run(settings: Settings, run_id: str, *, flow_run_id: str | None = No
             "base_model": run["base_model"],
             "method": train_report.method,
             "parent_version": production.version if production else None,
+            "trained_from": train_report.parent_version,
+            "incremental": train_report.incremental,
             "dataset_id": dataset.id,
             "dataset_counts": dataset.counts,
             "run_id": run_id,

@@ -55,12 +55,39 @@ def torch_dtype(precision: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[resolve_precision(precision)]
 
 
-def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
+def model_source(name_or_path: str, gguf_file: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The from_pretrained target and its extra arguments: a .gguf path loads through gguf_file=."""
+    if gguf_file:
+        return name_or_path, {"gguf_file": gguf_file}
+    if name_or_path.endswith(".gguf"):
+        path = Path(name_or_path)
+        if path.is_file():
+            return str(path.parent), {"gguf_file": path.name}
+        repo, _, filename = name_or_path.rpartition("/")
+        if not repo:
+            raise ModelLoadError(f"GGUF file {name_or_path!r} does not exist; give a path to a .gguf file or a hub repo plus train.gguf_file")
+        return repo, {"gguf_file": filename}
+    return name_or_path, {}
+
+
+def _require_gguf(extra: dict[str, Any]) -> None:
+    if "gguf_file" in extra:
+        try:
+            import gguf  # noqa: F401
+        except ImportError as exc:
+            raise ModelLoadError(
+                f"loading GGUF file {extra['gguf_file']!r} needs the gguf package (pip install 'fragua[gguf]'), which is not installed"
+            ) from exc
+
+
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, gguf_file: str | None = None):
     from transformers import AutoTokenizer
 
     quiet_transformers()
+    source, extra = model_source(name_or_path, gguf_file)
+    _require_gguf(extra)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **extra)
     except OSError as exc:
         raise ModelLoadError(
             f"cannot load a tokenizer from {name_or_path!r}: {exc}. Use a local folder, a reachable hub id, "
@@ -78,6 +105,17 @@ def require_quantization_backend() -> None:
         raise ModelLoadError(
             "train.method 'qlora' needs bitsandbytes (pip install 'fragua[quant]'), which is not installed; "
             "use train.method 'lora' instead"
+        ) from exc
+    import torch
+    from bitsandbytes.functional import quantize_4bit
+
+    device = pick_device()
+    try:
+        quantize_4bit(torch.ones(64, dtype=torch.bfloat16, device=device), quant_type="nf4")
+    except Exception as exc:  # any failure of the kernel means no 4-bit on this machine
+        raise ModelLoadError(
+            f"train.method 'qlora': bitsandbytes cannot quantise to 4 bit on this machine ({device}: {exc}); "
+            "it needs CUDA or a working CPU backend. Use train.method 'lora' instead"
         ) from exc
 
 
@@ -99,27 +137,41 @@ def quantization_config(settings: TrainSettings):
     )
 
 
-def load_causal_lm(name_or_path: str, settings: TrainSettings, *, for_training: bool = False):
+def load_causal_lm(name_or_path: str, settings: TrainSettings, *, for_training: bool = False, attn_implementation: str | None = None):
     """A causal LM on the best device, in the configured precision and attention kernel."""
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
+    source, extra = model_source(name_or_path, settings.gguf_file if name_or_path == settings.base_model else None)
+    _require_gguf(extra)
     kwargs: dict[str, Any] = {
         "dtype": torch_dtype(settings.precision),
-        "attn_implementation": settings.attn_implementation,
+        "attn_implementation": attn_implementation or settings.attn_implementation,
         "trust_remote_code": settings.trust_remote_code,
-        "use_safetensors": True,
+        # A GGUF file is not safetensors; transformers dequantises it into torch weights.
+        "use_safetensors": None if extra else True,
+        **extra,
     }
+    if "gguf_file" in extra:
+        from transformers import GgufConfig
+
+        # Unpacked into ordinary torch weights: what training (and peft) needs.
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
     if for_training and settings.method == "qlora":
         kwargs["quantization_config"] = quantization_config(settings)
         kwargs["device_map"] = {"": 0} if pick_device() == "cuda" else {"": "cpu"}
     try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as exc:
         raise ModelLoadError(
             f"cannot load model {name_or_path!r}: {exc}. Fragua loads safetensors weights only; "
             "check the id or path, or run `fragua init-base` for the tiny local base model."
         ) from exc
+    if "gguf_file" in extra:
+        # The weights are plain tensors now; the GGUF marker would make the Trainer refuse them.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     if "device_map" not in kwargs:
         model.to(pick_device())
     return model

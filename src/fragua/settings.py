@@ -271,6 +271,35 @@ class TrainSettings(Section):
     logging_steps: int = Field(10, ge=1, description="Log loss, learning rate and throughput every N steps.")
     seed: int = Field(42, ge=0, description="Seed of adapter init, shuffling and dropout; same seed on CPU gives the same loss curve.")
     trust_remote_code: bool = Field(False, description="Allow model repositories to run their own Python code. Only for sources you trust.")
+    gguf_file: str | None = Field(
+        None,
+        description="GGUF file inside base_model (a hub repo or local folder) to load and dequantise with transformers' gguf_file=; a base_model that is itself a path to a .gguf file needs no gguf_file. Needs the gguf package (pip install 'fragua[gguf]').",
+    )
+    batching: Literal["padding_free", "length_grouped", "padded"] = Field(
+        "padding_free",
+        description=(
+            "padding_free: a batch's examples are concatenated into one sequence with position ids restarting per example; "
+            "sdpa runs per-example causal attention, flash_attention_2 its varlen kernel, eager a block-diagonal mask, so no example "
+            "attends to another and no compute goes to padding. Checked on the model before training; a model whose attention does "
+            "not keep packed examples apart falls back to length_grouped. length_grouped: padded batches of similar-length examples. "
+            "padded: random batches padded to their longest example (the plain Trainer recipe)."
+        ),
+    )
+    eval_steps: int | None = Field(None, ge=1, description="Evaluate on the validation split every N optimiser steps; None evaluates once per epoch (early stopping then evaluates every save_steps).")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many evaluations without a lower validation loss and keep the best checkpoint; None trains all epochs/steps."
+    )
+    early_stopping_threshold: float = Field(0.0, ge=0.0, description="Smallest drop of validation loss that counts as an improvement for early stopping.")
+    num_processes: int = Field(
+        1, ge=1, le=1024, description="Training processes (data parallel, launched with torchrun): one per GPU, or several CPU processes (gloo) on a CPU machine. batch_size is per process."
+    )
+    incremental: bool = Field(
+        False,
+        description="Start from the production version's weights and train on the examples that are new since its dataset plus a replay sample of older ones; without a production version, train from the base model on everything.",
+    )
+    replay_ratio: float = Field(
+        1.0, ge=0.0, le=100.0, description="Incremental training: older examples replayed per new example (drawn at random with train.seed), against forgetting what earlier versions learned; 0 trains on new examples only."
+    )
     lora: LoraSettings = Field(default_factory=LoraSettings, description="Adapter shape (methods lora, dora, qlora).")
     quant: QuantSettings = Field(default_factory=QuantSettings, description="Base-model quantisation (method qlora).")
     tiny: TinyBaseSettings = Field(default_factory=TinyBaseSettings, description="Shape of the built-in tiny base model.")
@@ -281,7 +310,51 @@ class TrainSettings(Section):
             raise ValueError("train.attn_implementation 'flash_attention_2' needs train.precision 'bf16', 'fp16' or 'auto' (it has no fp32 kernels)")
         if isinstance(self.lora.target_modules, list) and not self.lora.target_modules:
             raise ValueError("train.lora.target_modules is empty: name the modules to adapt or use 'all-linear'")
+        if self.early_stopping_patience is not None and self.save_steps % self.evaluation_interval:
+            raise ValueError(
+                f"train.save_steps ({self.save_steps}) must be a multiple of train.eval_steps ({self.eval_steps}) with early stopping, "
+                "so that every evaluated step has a checkpoint to return to"
+            )
+        if self.gguf_file is not None and (self.base_model is None or self.base_model.endswith(".gguf")):
+            raise ValueError("train.gguf_file names a file inside train.base_model (a hub repo or folder); set train.base_model to that repo or folder")
         return self
+
+    @property
+    def evaluation_interval(self) -> int:
+        """Steps between evaluations when they run by steps (eval_steps, or save_steps for early stopping)."""
+        return self.eval_steps or self.save_steps
+
+
+class HpoSettings(Section):
+    """Hyperparameter search (`fragua hpo`): trials drawn from the candidate values below."""
+
+    trials: int = Field(6, ge=1, le=1000, description="Trials to run at most; each trains one run on the same dataset and is scored by validation loss.")
+    time_budget_minutes: float = Field(
+        30.0, gt=0, le=100_000, description="Wall-clock budget of the search: trials not started by then are skipped and a running trial stops at its next step."
+    )
+    learning_rates: list[float] = Field(
+        default_factory=lambda: [1e-3, 3e-3, 5e-3], min_length=1, description="Candidate peak learning rates."
+    )
+    ranks: list[int] = Field(default_factory=lambda: [16, 64], min_length=1, description="Candidate LoRA ranks (train.lora.r).")
+    alphas: list[int] | None = Field(
+        None, min_length=1, description="Candidate LoRA alphas; None pairs each rank with alpha = 2 x rank (the scale the defaults use)."
+    )
+    epochs: list[float] = Field(default_factory=lambda: [6.0, 12.0], min_length=1, description="Candidate numbers of epochs.")
+    seed: int = Field(0, ge=0, description="Seed of the draw of trials from the candidate grid (trials are all grid points when the grid is not larger).")
+
+    @field_validator("learning_rates")
+    @classmethod
+    def _rates(cls, values: list[float]) -> list[float]:
+        if any(not 0 < v <= 1 for v in values):
+            raise ValueError(f"hpo.learning_rates must lie in (0, 1], got {values}")
+        return values
+
+    @field_validator("ranks", "alphas", "epochs")
+    @classmethod
+    def _positive(cls, values: list[float] | None) -> list[float] | None:
+        if values is not None and any(v <= 0 for v in values):
+            raise ValueError(f"candidate values must be positive, got {values}")
+        return values
 
 
 class ValidateSettings(Section):
@@ -481,6 +554,7 @@ class Settings(BaseSettings):
     expand: ExpandSettings = Field(default_factory=ExpandSettings, description="Train-split augmentation.")
     train: TrainSettings = Field(default_factory=TrainSettings, description="Base model, method and hyperparameters.")
     validate: ValidateSettings = Field(default_factory=ValidateSettings, description="Metrics and promotion gates.")
+    hpo: HpoSettings = Field(default_factory=HpoSettings, description="Hyperparameter search space and budget.")
     registry: RegistrySettings = Field(default_factory=RegistrySettings, description="Model registry and deployment.")
     tracking: TrackingSettings = Field(default_factory=TrackingSettings, description="Weights & Biases logging.")
     intake: IntakeSettings = Field(default_factory=IntakeSettings, description="Queue of new examples for autotrain.")

@@ -32,6 +32,13 @@ class TrackingRun:
         if self.run is not None:
             self.run.summary.update(values)
 
+    def log_table(self, key: str, rows: list[dict[str, Any]]) -> None:
+        if self.run is not None and rows:
+            import wandb
+
+            columns = list(rows[0])
+            self.run.log({key: wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])})
+
     def log_image(self, key: str, path: Path) -> None:
         if self.run is not None:
             import wandb

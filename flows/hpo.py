@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from prefect import flow, unmapped
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from fragua.hpo import HpoResult, trial_rows
+from fragua.report import hpo_summary
+from fragua.settings import Settings
+from tasks.data import ingest_task
+from tasks.model import base_model_task, hpo_plan_task, hpo_record_task, hpo_trial_task
+
+
+# One trial at a time: each already uses every core (or the GPU) it is given.
+@flow(name="hpo", task_runner=ThreadPoolTaskRunner(max_workers=1))
+def hpo_flow(settings: Settings | None = None, dataset_id: str | None = None) -> HpoResult:
+    """Search learning rate, LoRA rank/alpha and epochs within hpo.trials and hpo.time_budget_minutes."""
+    settings = settings or Settings.load()
+    if dataset_id is None:
+        dataset_id = ingest_task(settings).id
+    base_model_task(settings)
+    plan = hpo_plan_task(settings, dataset_id)
+    trials = hpo_trial_task.map(unmapped(settings), unmapped(plan.dataset_id), plan.trials, unmapped(plan.deadline))
+    result = hpo_record_task(settings, plan.dataset_id, [trial.result() for trial in trials])
+    create_table_artifact(trial_rows(result.trials), key="hpo-trials", description="Every trial of the hyperparameter search")
+    create_markdown_artifact(hpo_summary(result), key="hpo", description="Hyperparameter search")
+    return result
