@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from fragua.dataset_store import DatasetManifest
-from fragua.report import dataset_summary
+from fragua.dataset_store import DatasetManifest, load_stats
+from fragua.report import dataset_rows, dataset_summary
 from fragua.settings import Settings
 from tasks.data import expand_task, ingest_task
 
@@ -14,7 +14,9 @@ def ingest_flow(settings: Settings | None = None) -> DatasetManifest:
     """Read data.sources into canonical records, quarantine bad rows, split, store a dataset version."""
     settings = settings or Settings.load()
     manifest = ingest_task(settings)
-    create_markdown_artifact(dataset_summary(manifest), key="dataset", description=f"Dataset version {manifest.id}")
+    stats = load_stats(manifest)
+    create_markdown_artifact(dataset_summary(manifest, stats), key="dataset", description=f"Dataset version {manifest.id}")
+    create_table_artifact(dataset_rows(manifest, stats), key="dataset-domains", description=f"Records per domain and split, {manifest.id}")
     return manifest
 
 

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 
 from fragua import jobs
 from fragua.dataset_store import DatasetManifest
@@ -10,11 +13,21 @@ from fragua.settings import Settings
 from . import STORAGE_RETRY_DELAYS, transient_only
 
 
-@task(name="ingest-sources", retries=2, retry_delay_seconds=STORAGE_RETRY_DELAYS[:2], retry_condition_fn=transient_only, cache_policy=NO_CACHE)
+def ingest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+    return jobs.ingest_cache_key(parameters["settings"])
+
+
+# Same source contents and data settings: a cache hit returns the stored version's manifest
+# (persisted with the task result) without reading the sources again.
+@task(
+    name="ingest-sources", retries=2, retry_delay_seconds=STORAGE_RETRY_DELAYS[:2], retry_condition_fn=transient_only,
+    cache_key_fn=ingest_cache_key, persist_result=True,
+)
 def ingest_task(settings: Settings) -> DatasetManifest:
     manifest = jobs.ingest_sources(settings)
     get_run_logger().info(
-        "dataset %s: %s, %d quarantined", manifest.id, manifest.counts, manifest.quarantined
+        "dataset %s: %s, %d duplicates, %d quarantined %s",
+        manifest.id, manifest.counts, manifest.duplicates, manifest.quarantined, manifest.rejected,
     )
     return manifest
 

@@ -62,6 +62,27 @@ def test_init_base_builds_a_loadable_model(tmp_path):
     assert again.exit_code == 1 and "init-base --force" in again.output
 
 
+def test_ingest_prints_the_dataset_summary_and_export_gives_one_domain(prefect_api, tmp_path):
+    import json
+
+    from .conftest import EXAMPLES
+
+    work = tmp_path / "work"
+    result = runner.invoke(app, ["--work-dir", str(work), "ingest", "--source", str(EXAMPLES)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "records" in result.output and "hotel" in result.output and "ml" in result.output
+    assert "rows = kept + duplicates + quarantined" in result.output and "stats.png" in result.output
+    listed = runner.invoke(app, ["--work-dir", str(work), "datasets", "list"], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0 and "hotel, ml" in listed.output
+    out = tmp_path / "hotel-validation.jsonl"
+    exported = runner.invoke(app, ["--work-dir", str(work), "datasets", "export", "--split", "validation", "--domain", "hotel", "--output", str(out)])
+    assert exported.exit_code == 0, exported.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows and {r["domain"] for r in rows} == {"hotel"} and {r["split"] for r in rows} == {"validation"}
+    unknown = runner.invoke(app, ["--work-dir", str(work), "datasets", "export", "--domain", "spa", "--output", str(out)])
+    assert unknown.exit_code == 2 and "no domain 'spa'" in unknown.output
+
+
 def test_train_shows_a_progress_bar_and_the_run_summary(prefect_api, tmp_path):
     from .conftest import EXAMPLES
 

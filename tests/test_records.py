@@ -53,7 +53,9 @@ def test_chat_messages_keep_every_turn():
         ({"messages": []}, "non-empty list"),
         ({"messages": [{"role": "narrator", "content": "x"}, {"role": "assistant", "content": "y"}]}, "narrator"),
         ({"messages": [{"role": "user", "content": "x"}]}, "last message must be the assistant"),
-        ({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "y"}]}, "must be a string"),
+        ({"messages": [{"role": "user", "content": 3}]}, r"messages\[0\]\.content must be a string, got integer"),
+        # Arrow holds one type per field: a row mixing them is reported as such.
+        ({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "y"}]}, r"messages\[0\]\.content is integer but messages\[1\]\.content is string"),
         ({"messages": [{"role": "system", "content": "x"}, {"role": "assistant", "content": "y"}]}, "no 'user' message"),
     ],
 )

@@ -136,14 +136,44 @@ def ingest(ctx: typer.Context, source: Optional[list[Path]] = SOURCE_OPTION) -> 
     _print_dataset(manifest)
 
 
+def _short_path(path: str) -> str:
+    """A source path relative to the working directory, or its last two parts."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        parts = Path(path).parts
+        return path if len(parts) <= 3 or path.startswith("hf:") else str(Path("…", *parts[-2:]))
+
+
 def _print_dataset(manifest: Any) -> None:
-    console.print(
-        _kv_table(
-            f"Dataset {manifest.id}",
-            [("records", manifest.counts), ("domains", manifest.domains), ("quarantined", manifest.quarantined),
-             ("quarantine file", manifest.quarantine_file or "-"), ("path", manifest.path)],
-        )
-    )
+    """The dataset version: domains per split (with length percentiles), sources, reasons, files."""
+    from .dataset_store import load_stats
+    from .report import dataset_rows
+
+    stats = load_stats(manifest)
+    rows = dataset_rows(manifest, stats)
+    domains = Table(title=f"Dataset {manifest.id}: {sum(manifest.counts.values())} records", title_justify="left")
+    for column in rows[0] if rows else ["domain"]:
+        domains.add_column(column, justify="left" if column == "domain" else "right")
+    for row in rows:
+        domains.add_row(*[str(v) for v in row.values()])
+    console.print(domains)
+    sources = Table(title="Sources: rows = kept + duplicates + quarantined", title_justify="left")
+    for column in ("source", "format", "rows", "kept", "duplicates", "quarantined"):
+        sources.add_column(column, overflow="fold", justify="left" if column in ("source", "format") else "right")
+    for source in manifest.sources:
+        sources.add_row(_short_path(source.path), source.format, str(source.rows), str(source.kept), str(source.duplicates), str(source.quarantined))
+    console.print(sources)
+    if manifest.rejected:
+        console.print(_kv_table("Quarantined rows by reason", list(manifest.rejected.items())))
+    facts = [("path", manifest.path), ("quarantine file", manifest.quarantine_file or "-")]
+    if manifest.plot_file:
+        facts += [("statistics", manifest.stats_file), ("plot", manifest.plot_file)]
+    if stats:
+        facts.append(("lengths in", stats["length_unit"]))
+    console.print(_kv_table("Files", facts))
+    for warning in manifest.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
 
 
 @app.command()
@@ -370,6 +400,61 @@ def history(ctx: typer.Context) -> None:
     for event in run_step(open_registry(settings).history):
         table.add_row(event.at[:19], event.alias, event.from_version or "-", event.to_version or "(removed)", event.reason, event.actor or "-")
     console.print(table)
+
+
+datasets_app = typer.Typer(help="Dataset versions: list them, show one, export a split or domain.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+
+
+@datasets_app.command("list")
+def datasets_list(ctx: typer.Context) -> None:
+    """Dataset versions under the work directory, oldest first."""
+    from .jobs import open_dataset_store
+
+    store = open_dataset_store(load_settings(ctx))
+    table = Table(title=f"Dataset versions in {store.describe()}", title_justify="left")
+    for column in ("id", "created", "records", "domains", "quarantined", "parent"):
+        table.add_column(column, overflow="fold")
+    for ident in run_step(store.ids):
+        manifest = store.manifest(ident)
+        table.add_row(manifest.id, manifest.created_at[:19], str(manifest.counts), ", ".join(manifest.domains), str(manifest.quarantined), manifest.parent or "-")
+    console.print(table)
+
+
+@datasets_app.command("show")
+def datasets_show(ctx: typer.Context, dataset: Optional[str] = typer.Argument(None, help="Dataset id or prefix (default: the newest).")) -> None:
+    """Counts per domain, split and source, quarantine reasons and files of a dataset version."""
+    from .jobs import open_dataset_store
+
+    store = open_dataset_store(load_settings(ctx))
+    _print_dataset(run_step(lambda: store.find(dataset)))
+
+
+@datasets_app.command("export")
+def datasets_export(
+    ctx: typer.Context,
+    output: Path = typer.Option(..., "--output", "-o", help="JSONL file to write the records to."),
+    dataset: Optional[str] = typer.Argument(None, help="Dataset id or prefix (default: the newest)."),
+    split: str = typer.Option("train", help="train, validation or test."),
+    domain: Optional[list[str]] = typer.Option(None, "--domain", help="Only this domain (repeatable): the per-domain view."),
+) -> None:
+    """Write one split of a dataset version, optionally one domain's rows only, as canonical JSONL records."""
+    from .dataset_store import load_records
+    from .jobs import open_dataset_store
+
+    if split not in ("train", "validation", "test"):
+        raise_user(f"--split must be train, validation or test, not {split!r}")
+    store = open_dataset_store(load_settings(ctx))
+    manifest = run_step(lambda: store.find(dataset))
+    try:
+        records = load_records(manifest, split, domain or None)
+    except ValueError as exc:
+        raise_user(str(exc))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(record.model_dump_json() + "\n")
+    console.print(f"{len(records)} {split} records of {manifest.id}{' in ' + ', '.join(domain) if domain else ''} -> {output}", highlight=False)
 
 
 registry_app = typer.Typer(help="Maintenance of the model registry.", no_args_is_help=True)

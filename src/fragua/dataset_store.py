@@ -1,4 +1,12 @@
-"""Content-addressed dataset versions: Parquet per split plus a manifest, written atomically."""
+"""Content-addressed dataset versions: Parquet per split plus a manifest, committed whole.
+
+A version is built in a local staging folder by :class:`VersionWriter` (row batches are
+streamed into one Parquet file per split while a digest of the content is kept) and then
+committed to a :class:`DatasetStore` under its id. The id is a sha256 of the records, in
+stored order, and the split settings: the same data ingested the same way gets the same
+id, and committing it again keeps the existing copy. The store is an interface so that a
+remote backend (S3) can take the local directory's place.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +15,28 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
+from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from .records import Record
+from .splits import SPLITS
+from .storage import NotFound, ObjectStore, PreconditionFailed
 
-SPLITS = ("train", "validation", "test")
 MANIFEST = "manifest.json"
+QUARANTINE = "quarantine.jsonl"
+FORMAT_VERSION = "fragua-dataset/2"
 
-_SCHEMA = pa.schema(
+SCHEMA = pa.schema(
     [
         ("id", pa.string()),
         ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
@@ -35,16 +50,20 @@ _SCHEMA = pa.schema(
         ("meta", pa.string()),
     ]
 )
+# Long free text compresses but does not dictionary-encode well; labels do.
+_DICTIONARY_COLUMNS = ["domain", "source", "split", "origin", "messages.list.element.role"]
 
 
 class SourceReport(BaseModel):
     path: str
-    sha256: str
+    sha256: str | None = Field(None, description="Content hash of the file or folder (a hub dataset: name, config and revision).")
     format: str
-    rows: int = Field(description="Rows read from the file.")
+    rows: int = Field(description="Rows read from the source.")
     kept: int
-    duplicates: int
+    duplicates: int = Field(description="Exact duplicates after normalisation, counted and not kept.")
     quarantined: int
+    reasons: dict[str, int] = Field(default_factory=dict, description="Quarantined rows per reason kind.")
+    unanswerable: int = Field(0, description="SQuAD v2 questions without an answer (kept or quarantined per data.squad_unanswerable).")
 
 
 class DatasetManifest(BaseModel):
@@ -57,32 +76,325 @@ class DatasetManifest(BaseModel):
     sources: list[SourceReport] = Field(default_factory=list)
     quarantined: int = 0
     quarantine_file: str | None = None
+    rejected: dict[str, int] = Field(default_factory=dict, description="Quarantined rows per reason kind, all sources.")
+    duplicates: int = Field(0, description="Exact duplicates dropped, all sources.")
     parent: str | None = Field(None, description="Dataset version this one was derived from (expansion).")
     settings: dict[str, Any] = Field(default_factory=dict)
+    stats_file: str | None = Field(None, description="stats.json: token lengths per domain and counts.")
+    plot_file: str | None = Field(None, description="stats.png: length histogram per domain and rows per split.")
+    warnings: list[str] = Field(default_factory=list, description="Things worth a look, e.g. a domain without validation rows.")
     report: dict[str, Any] = Field(default_factory=dict, description="Stage-specific details, e.g. expansion per strategy.")
 
     def split_path(self, split: str) -> Path:
         return Path(self.path) / f"{split}.parquet"
 
 
-def record_row(record: Record) -> dict[str, Any]:
-    row = record.model_dump(mode="json")
-    row["meta"] = json.dumps(row["meta"], ensure_ascii=False, sort_keys=True)
-    return row
+# Storage ----------------------------------------------------------------------------------
 
 
-def dataset_id(records: Iterable[Record], parent: str | None = None) -> str:
-    """sha256 of the canonical records (their split included) and the parent version."""
-    digest = hashlib.sha256()
-    digest.update(f"parent={parent}\n".encode())
-    for record in sorted(records, key=lambda r: r.id):
-        digest.update(json.dumps(record_row(record), sort_keys=True, ensure_ascii=False).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()[:20]
+class DatasetStore(ABC):
+    """Where dataset versions live. Versions are built in a local staging folder and
+    committed whole; a remote store uploads on commit and downloads on open."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where versions live, for messages."""
+
+    @abstractmethod
+    def location(self, ident: str) -> str:
+        """Where version ``ident`` lives (a folder or URL), recorded in its manifest."""
+
+    @abstractmethod
+    def staging(self) -> Path:
+        """A fresh local folder to build one version in."""
+
+    @abstractmethod
+    def commit(self, staging: Path, ident: str) -> Path:
+        """Publish the staged version as ``ident`` (keeping an existing copy: same id, same
+        content) and return the local folder holding it; the staging folder is consumed."""
+
+    @abstractmethod
+    def open(self, ident: str) -> Path | None:
+        """Local folder of version ``ident`` (fetched if remote), or None if it does not exist."""
+
+    @abstractmethod
+    def ids(self) -> list[str]:
+        """Ids of the stored versions, oldest first."""
+
+    @abstractmethod
+    def instance(self) -> str:
+        """A token that changes when the store is wiped and recreated (for cache keys)."""
+
+    @abstractmethod
+    def remember(self, key: str, ident: str) -> None:
+        """Record that ingest inputs ``key`` produced version ``ident``."""
+
+    @abstractmethod
+    def recall(self, key: str) -> str | None: ...
+
+    def manifest(self, ident: str) -> DatasetManifest:
+        folder = self.open(ident)
+        if folder is None:
+            raise FileNotFoundError(f"no dataset version {ident!r} in {self.describe()}")
+        return load_manifest(folder)
+
+    def find(self, ident: str | None) -> DatasetManifest:
+        """A version by id (or unique id prefix); None means the newest."""
+        ids = self.ids()
+        if ident is None:
+            if not ids:
+                raise FileNotFoundError(f"no dataset versions under {self.describe()}; run `fragua ingest` first")
+            return self.manifest(ids[-1])
+        matches = [i for i in ids if i.startswith(ident)]
+        if len(matches) != 1:
+            found = "no" if not matches else "several"
+            raise FileNotFoundError(f"{found} dataset versions match {ident!r} under {self.describe()}")
+        return self.manifest(matches[0])
+
+
+class LocalDatasetStore(DatasetStore):
+    """Versions as folders ``<root>/<id>``; a commit is an atomic rename."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def location(self, ident: str) -> str:
+        return str(self.root / ident)
+
+    def staging(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+
+    def commit(self, staging: Path, ident: str) -> Path:
+        target = self.root / ident
+        try:
+            if not (target / MANIFEST).is_file():
+                try:
+                    os.rename(staging, target)
+                except OSError:
+                    # Another writer stored the same content first; theirs is identical.
+                    if not (target / MANIFEST).is_file():
+                        raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    def open(self, ident: str) -> Path | None:
+        folder = self.root / ident
+        return folder if (folder / MANIFEST).is_file() else None
+
+    def ids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        folders = [p for p in self.root.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file()]
+        return [p.name for p in sorted(folders, key=lambda p: ((p / MANIFEST).stat().st_mtime, p.name))]
+
+    def instance(self) -> str:
+        marker = self.root / ".store-id"
+        if not marker.is_file():
+            self.root.mkdir(parents=True, exist_ok=True)
+            candidate = self.root / f".store-id-{uuid.uuid4().hex}"
+            candidate.write_text(uuid.uuid4().hex)
+            try:
+                os.link(candidate, marker)  # create-only: concurrent first uses agree on one token
+            except FileExistsError:
+                pass
+            finally:
+                candidate.unlink()
+        return marker.read_text().strip()
+
+    def remember(self, key: str, ident: str) -> None:
+        index = self.root / ".ingest-keys"
+        index.mkdir(parents=True, exist_ok=True)
+        (index / key).write_text(ident)
+
+    def recall(self, key: str) -> str | None:
+        entry = self.root / ".ingest-keys" / key
+        return entry.read_text().strip() if entry.is_file() else None
+
+
+class ObjectDatasetStore(DatasetStore):
+    """Versions as objects ``<prefix>/<id>/<file>`` in an :class:`~fragua.storage.ObjectStore`
+    (the registry's S3 bucket or folder: ``data.store = "registry"``); opened versions are
+    cached in a local folder.
+
+    The manifest is uploaded last with a create-only write, so a version without one does
+    not exist and two writers of the same content cannot both publish it."""
+
+    def __init__(self, objects: ObjectStore, cache: Path, prefix: str = "datasets") -> None:
+        self.objects = objects
+        self.cache = Path(cache)
+        self.prefix = prefix.strip("/")
+
+    def _key(self, *parts: str) -> str:
+        return "/".join([self.prefix, *parts])
+
+    def describe(self) -> str:
+        return f"{self.objects.describe()}/{self.prefix}"
+
+    def location(self, ident: str) -> str:
+        return f"{self.describe()}/{ident}"
+
+    def staging(self) -> Path:
+        self.cache.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.cache))
+
+    def commit(self, staging: Path, ident: str) -> Path:
+        try:
+            if not self.objects.exists(self._key(ident, MANIFEST)):
+                for path in sorted(staging.iterdir()):
+                    if path.name != MANIFEST:
+                        self.objects.put_file(self._key(ident, path.name), path)
+                try:
+                    self.objects.put_bytes(self._key(ident, MANIFEST), (staging / MANIFEST).read_bytes(), if_none_match=True)
+                except PreconditionFailed:
+                    pass  # another writer published the same content first
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        folder = self.open(ident)
+        assert folder is not None
+        return folder
+
+    def open(self, ident: str) -> Path | None:
+        if not self.objects.exists(self._key(ident, MANIFEST)):
+            return None
+        folder = self.cache / ident
+        if not (folder / MANIFEST).is_file():
+            self.cache.mkdir(parents=True, exist_ok=True)
+            partial = Path(tempfile.mkdtemp(prefix=f".{ident}-", dir=self.cache))
+            for key in self.objects.list_keys(self._key(ident) + "/"):
+                self.objects.get_file(key, partial / key.rsplit("/", 1)[-1])
+            try:
+                os.rename(partial, folder)
+            except OSError:
+                shutil.rmtree(partial, ignore_errors=True)
+        return folder
+
+    def ids(self) -> list[str]:
+        manifests = [k for k in self.objects.list_keys(self.prefix + "/") if k.endswith(f"/{MANIFEST}") and k.count("/") == self.prefix.count("/") + 2]
+        loaded = [DatasetManifest.model_validate_json(self.objects.get_bytes(k)[0]) for k in manifests]
+        return [m.id for m in sorted(loaded, key=lambda m: (m.created_at, m.id))]
+
+    def instance(self) -> str:
+        key = self._key(".store-id")
+        try:
+            self.objects.put_bytes(key, uuid.uuid4().hex.encode(), if_none_match=True)
+        except PreconditionFailed:
+            pass
+        return self.objects.get_bytes(key)[0].decode()
+
+    def remember(self, key: str, ident: str) -> None:
+        self.objects.put_bytes(self._key(".ingest-keys", key), ident.encode())
+
+    def recall(self, key: str) -> str | None:
+        try:
+            return self.objects.get_bytes(self._key(".ingest-keys", key))[0].decode()
+        except NotFound:
+            return None
+
+
+# Writing --------------------------------------------------------------------------------
+
+
+class _ContentDigest:
+    """Running digests of a version's values, one per part (null positions, lengths, bytes)
+    of each column: the result depends on the values in order, not on batch boundaries."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, Any] = defaultdict(hashlib.sha256)
+        self.seen: Counter[str] = Counter()  # values so far per column path, for null positions
+
+    def update(self, path: str, array: pa.Array) -> None:
+        if array.null_count:
+            nulls = np.flatnonzero(~pc.is_valid(array).to_numpy(zero_copy_only=False)) + self.seen[path]
+            self.parts[f"{path}/nulls"].update(nulls.astype("<i8").tobytes())
+        self.seen[path] += len(array)
+        kind = array.type
+        if pa.types.is_string(kind) or pa.types.is_list(kind):
+            offsets = np.frombuffer(array.buffers()[1], dtype=np.int32, count=len(array) + 1, offset=array.offset * 4)
+            self.parts[f"{path}/lengths"].update(np.diff(offsets).tobytes())
+            if pa.types.is_list(kind):
+                self.update(f"{path}[]", array.values.slice(offsets[0], offsets[-1] - offsets[0]))
+            elif offsets[-1] > offsets[0]:
+                self.parts[f"{path}/bytes"].update(memoryview(array.buffers()[2])[offsets[0]: offsets[-1]])
+        elif pa.types.is_struct(kind):
+            for index in range(kind.num_fields):
+                self.update(f"{path}.{kind.field(index).name}", array.field(index))  # field() applies the offset
+        else:
+            raise TypeError(f"cannot digest a {kind} column")
+
+    def digest(self) -> bytes:
+        combined = hashlib.sha256()
+        for part in sorted(self.parts):
+            combined.update(f"{part}=".encode() + self.parts[part].digest() + b"\n")
+        return combined.digest()
+
+
+def _value_counts(values: pa.ChunkedArray) -> dict[str, int]:
+    counted = pc.value_counts(values)
+    return dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()))
+
+
+class VersionWriter:
+    """Streams record batches into ``<staging>/<split>.parquet`` while digesting the content."""
+
+    def __init__(self, folder: Path, compression: str = "snappy") -> None:
+        self.folder = folder
+        self.compression = compression
+        self._writers: dict[str, pq.ParquetWriter] = {}
+        self._digest = _ContentDigest()
+        self.counts: Counter[str] = Counter()
+        self.domains: dict[str, Counter[str]] = defaultdict(Counter)
+        self.origins: Counter[str] = Counter()
+
+    def write(self, split: str, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
+        table = table.select(SCHEMA.names).cast(SCHEMA)
+        if split not in self._writers:
+            self._writers[split] = pq.ParquetWriter(
+                self.folder / f"{split}.parquet", SCHEMA, use_dictionary=_DICTIONARY_COLUMNS, compression=self.compression
+            )
+        self._writers[split].write_table(table)
+        for name in SCHEMA.names:
+            for chunk in table.column(name).chunks:
+                self._digest.update(f"{split}/{name}", chunk)
+        self.counts[split] += table.num_rows
+        for domain, count in _value_counts(table.column("domain")).items():
+            self.domains[domain][split] += count
+        self.origins.update(_value_counts(table.column("origin")))
+
+    def close(self) -> None:
+        for split in ("train", "validation"):
+            if split not in self._writers:
+                pq.write_table(SCHEMA.empty_table(), self.folder / f"{split}.parquet", compression=self.compression)
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+    def dataset_id(self, header: dict[str, Any]) -> str:
+        """sha256 of the format version, ``header`` (split settings, parent) and the records."""
+        digest = hashlib.sha256(FORMAT_VERSION.encode())
+        digest.update(json.dumps(header, sort_keys=True).encode())
+        digest.update(json.dumps({split: self.counts[split] for split in SPLITS}).encode())
+        digest.update(self._digest.digest())
+        return digest.hexdigest()[:20]
+
+
+def records_table(records: Iterable[Record]) -> pa.Table:
+    rows = []
+    for record in records:
+        row = record.model_dump(mode="json")
+        row["meta"] = json.dumps(row["meta"], ensure_ascii=False, sort_keys=True)
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
 def write_dataset_version(
-    root: Path,
+    store: DatasetStore | Path,
     records: list[Record],
     *,
     quarantine: list[dict[str, Any]],
@@ -91,81 +403,95 @@ def write_dataset_version(
     parent: str | None = None,
     report: dict[str, Any] | None = None,
 ) -> DatasetManifest:
-    """Store records under ``root/<id>``; an existing id is returned as is (same content)."""
-    ident = dataset_id(records, parent)
-    target = root / ident
-    if (target / MANIFEST).is_file():
-        return load_manifest(target)
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{ident}-", dir=root))
+    """Store in-memory records (e.g. an expanded train split) as a version (``store``: a
+    DatasetStore, or the folder of a local one)."""
+    store = store if isinstance(store, DatasetStore) else LocalDatasetStore(store)
+    staging = store.staging()
     try:
+        writer = VersionWriter(staging)
+        table = records_table(records)
         for split in SPLITS:
-            rows = [record_row(r) for r in records if r.split == split]
-            if rows or split != "test":
-                pq.write_table(pa.Table.from_pylist(rows, schema=_SCHEMA), staging / f"{split}.parquet")
-        quarantine_file = None
+            writer.write(split, table.filter(pc.equal(table.column("split"), split)))
+        writer.close()
         if quarantine:
-            quarantine_file = target / "quarantine.jsonl"
-            with (staging / "quarantine.jsonl").open("w", encoding="utf-8") as handle:
-                for item in quarantine:
-                    handle.write(json.dumps(item, ensure_ascii=False) + "\n")
-        domains: dict[str, Counter] = defaultdict(Counter)
-        for record in records:
-            domains[record.domain][record.split] += 1
-        manifest = DatasetManifest(
-            id=ident,
-            path=str(target),
-            created_at=datetime.now(timezone.utc).isoformat(),
-            counts=dict(Counter(r.split for r in records)),
-            domains={d: dict(c) for d, c in sorted(domains.items())},
-            origins=dict(Counter(r.origin for r in records)),
-            sources=sources,
-            quarantined=len(quarantine),
-            quarantine_file=str(quarantine_file) if quarantine_file else None,
-            parent=parent,
-            settings=settings,
-            report=report or {},
+            with (staging / QUARANTINE).open("w", encoding="utf-8") as handle:
+                handle.writelines(json.dumps(item, ensure_ascii=False) + "\n" for item in quarantine)
+        ident = writer.dataset_id({"parent": parent, "settings": settings})
+        manifest = build_manifest(
+            ident, store.location(ident), writer, sources=sources, settings=settings, parent=parent, report=report or {},
+            quarantined=len(quarantine), rejected=dict(Counter(q.get("kind", "invalid_value") for q in quarantine)),
         )
         (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
-        try:
-            os.rename(staging, target)
-        except OSError:
-            # Another writer stored the same content first; theirs is identical.
-            if not (target / MANIFEST).is_file():
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return load_manifest(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return load_manifest(store.commit(staging, ident))
+
+
+def build_manifest(ident: str, location: str, writer: VersionWriter, **fields: Any) -> DatasetManifest:
+    quarantined = fields.pop("quarantined", 0)
+    return DatasetManifest(
+        id=ident,
+        path=location,
+        created_at=datetime.now(timezone.utc).isoformat(),
+        counts=dict(writer.counts),
+        domains={d: dict(c) for d, c in sorted(writer.domains.items())},
+        origins=dict(writer.origins),
+        quarantined=quarantined,
+        quarantine_file=f"{location}/{QUARANTINE}" if quarantined else None,
+        **fields,
+    )
+
+
+# Reading --------------------------------------------------------------------------------
 
 
 def load_manifest(path: Path) -> DatasetManifest:
-    return DatasetManifest.model_validate_json((Path(path) / MANIFEST).read_text())
+    """A version's manifest, its file paths pointing into ``path`` (where it was read from)."""
+    folder = Path(path)
+    manifest = DatasetManifest.model_validate_json((folder / MANIFEST).read_text())
+    manifest.path = str(folder)
+    for name in ("quarantine_file", "stats_file", "plot_file"):
+        if getattr(manifest, name):
+            setattr(manifest, name, str(folder / Path(getattr(manifest, name)).name))
+    return manifest
+
+
+def load_stats(manifest: DatasetManifest) -> dict[str, Any] | None:
+    """The version's stats.json (token lengths per domain), if it has one."""
+    if not manifest.stats_file or not Path(manifest.stats_file).is_file():
+        return None
+    return json.loads(Path(manifest.stats_file).read_text(encoding="utf-8"))
 
 
 def find_dataset(root: Path, ident: str | None) -> DatasetManifest:
-    """A dataset by id (or unique id prefix); None means the newest one."""
-    candidates = sorted(
-        (p for p in root.glob("*") if (p / MANIFEST).is_file()), key=lambda p: (p / MANIFEST).stat().st_mtime
-    ) if root.is_dir() else []
-    if ident is None:
-        if not candidates:
-            raise FileNotFoundError(f"no dataset versions under {root}; run `fragua ingest` first")
-        return load_manifest(candidates[-1])
-    matches = [p for p in candidates if p.name.startswith(ident)]
-    if len(matches) != 1:
-        found = "no" if not matches else "several"
-        raise FileNotFoundError(f"{found} dataset versions match {ident!r} under {root}")
-    return load_manifest(matches[0])
+    """A dataset by id (or unique id prefix) in the local store at ``root``; None means the newest."""
+    return LocalDatasetStore(root).find(ident)
 
 
-def load_records(manifest: DatasetManifest, split: str) -> list[Record]:
+def load_table(manifest: DatasetManifest, split: str, domains: list[str] | None = None) -> pa.Table:
+    """One split as an Arrow table, optionally only some domains (the per-domain view)."""
     path = manifest.split_path(split)
     if not path.is_file():
-        return []
-    rows = pq.read_table(path).to_pylist()
+        return SCHEMA.empty_table()
+    if domains is not None:
+        unknown = sorted(set(domains) - set(manifest.domains))
+        if unknown:
+            raise ValueError(f"dataset {manifest.id} has no domain {', '.join(map(repr, unknown))}; it has {', '.join(manifest.domains)}")
+        return pq.read_table(path, filters=[("domain", "in", list(domains))])
+    return pq.read_table(path)
+
+
+def load_records(manifest: DatasetManifest, split: str, domains: list[str] | None = None) -> list[Record]:
     records = []
-    for row in rows:
+    for row in load_table(manifest, split, domains).to_pylist():
         row["meta"] = json.loads(row["meta"]) if row["meta"] else {}
         records.append(Record.model_validate(row))
     return records
+
+
+def load_dataset_view(manifest: DatasetManifest, split: str, domains: list[str] | None = None) -> Any:
+    """One split (optionally some domains) as a ``datasets.Dataset`` for training or evaluation code."""
+    import datasets
+
+    return datasets.Dataset(load_table(manifest, split, domains))

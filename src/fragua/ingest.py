@@ -1,37 +1,56 @@
-"""Input files -> canonical records -> deterministic split -> content-addressed dataset version.
+"""Sources -> canonical records -> quality checks -> dedupe -> domains -> split -> dataset version.
 
-Rows that cannot be used go to a quarantine file with their file, location and reason;
-exact duplicates are counted; every row of every source is accounted for:
-``rows = kept + duplicates + quarantined`` per source.
+Ingest streams: each source is read in batches of ``data.batch_size`` rows, batches are
+prepared on two threads (format adapter, length and quality checks, normalisation and
+hashing, domain routing, split) and finished in order on the calling thread (exact and
+near-duplicate removal, quarantine, Parquet). Memory is bounded by the batch size, plus
+8 bytes per distinct row for the duplicate index (and the MinHash index when near-dedupe is
+on). Every row of every source is accounted for:
+``rows = kept + duplicates + quarantined`` per source, and every quarantined row is in
+``quarantine.jsonl`` with its source, location (line or record path) and reason.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import json
-from collections import Counter
-from dataclasses import dataclass
+import shutil
+import tempfile
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .dataset_store import DatasetManifest, SourceReport, write_dataset_version
-from .records import ADAPTERS, FORMATS, Record, RecordDraft, RowError, content_key, detect_format, record_id
-from .settings import DataSettings, SourceSpec
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-FORMAT_SAMPLE_ROWS = 50
+from .adapters import ADAPTERS, ROLE_NAMES, AdapterOptions, RowErrors
+from .dataset_store import (
+    MANIFEST,
+    QUARANTINE,
+    DatasetManifest,
+    DatasetStore,
+    LocalDatasetStore,
+    SourceReport,
+    VersionWriter,
+    build_manifest,
+    load_manifest,
+)
+from .quality import NearDuplicates, apply_quality, check_lengths, message_texts
+from .records import FORMATS, Record, detect_format
+from .routing import rules_for_source, route
+from .settings import DataSettings
+from .sources import IngestError, RawBatch, Source, expand_sources, read_batches, source_fingerprint
+from .splits import SPLITS, assign_split, group_hash, split_codes
+from .stats import PLOT_FILE, STATS_FILE, StatsSampler, preload_plotting, summarise, write_stats
+from .textops import conversation_ids, conversation_texts, hex_ids, json_objects
 
+__all__ = ["IngestError", "IngestResult", "Quarantined", "assign_split", "choose_format", "collect", "ingest", "prepare", "sources_fingerprint"]
 
-class IngestError(Exception):
-    """A problem with an input as a whole; the message names the file (and line) and what to do."""
-
-
-@dataclass(frozen=True)
-class RawRow:
-    location: str
-    value: dict[str, Any] | RowError
+IN_FLIGHT = 3  # prepared batches waiting to be finished: bounds memory, keeps both threads busy
+_USER = 2
 
 
 @dataclass
@@ -39,159 +58,336 @@ class Quarantined:
     source: str
     location: str
     reason: str
-    row: Any
+    kind: str
+    row: Any = None
+    text: str | None = None  # the raw line, for rows that did not even parse
 
     def as_json(self) -> dict[str, Any]:
-        return {"source": self.source, "location": self.location, "reason": self.reason, "row": self.row}
+        entry = {"source": self.source, "location": self.location, "kind": self.kind, "reason": self.reason, "row": self.row}
+        if self.text is not None:
+            entry["text"] = self.text
+        return entry
 
 
-def expand_sources(sources: list[SourceSpec]) -> list[tuple[Path, SourceSpec]]:
-    """Each configured file, or every supported file under a configured folder, sorted."""
-    files: list[tuple[Path, SourceSpec]] = []
-    for spec in sources:
-        path = Path(spec.path).expanduser()
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
-            if not found:
-                raise IngestError(f"{path}: folder has no {', '.join(SUPPORTED_SUFFIXES)} files")
-            files.extend((p, spec) for p in found)
-        elif path.is_file():
-            if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-                raise IngestError(f"{path}: unsupported file type '{path.suffix}'; use one of {', '.join(SUPPORTED_SUFFIXES)}")
-            files.append((path, spec))
-        else:
-            raise IngestError(f"{path}: no such file or folder (data.sources)")
-    return files
+@dataclass
+class Prepared:
+    """A batch after the per-row work, before the order-dependent steps."""
+
+    raw: RawBatch
+    errors: RowErrors
+    ids: np.ndarray  # uint64 content hash per row
+    output: pa.Table  # canonical columns for every row (rows with errors are dropped later)
+    split_codes: np.ndarray
+    unanswerable: np.ndarray
+    conversations: pa.ListArray  # message texts per row, for the statistics sample
+    near_texts: list[str | None] | None
 
 
-def _decode_json_line(raw: bytes) -> dict[str, Any] | RowError:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return RowError(f"invalid UTF-8 at byte {exc.start}")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return RowError(f"invalid JSON: {exc.msg} at column {exc.colno}")
-    if not isinstance(value, dict):
-        return RowError(f"expected a JSON object, got {type(value).__name__}")
-    return value
+@dataclass
+class _Tally:
+    source: Source
+    format: str = "?"
+    rows: int = 0
+    kept: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    unanswerable: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    first_rejection: Quarantined | None = None
+
+    def report(self) -> SourceReport:
+        return SourceReport(
+            path=self.source.name, sha256=source_fingerprint(self.source), format=self.format, rows=self.rows,
+            kept=self.kept, duplicates=self.duplicates, quarantined=self.quarantined,
+            reasons=dict(sorted(self.reasons.items())), unanswerable=self.unanswerable,
+        )
 
 
-def _rows_jsonl(path: Path) -> Iterator[RawRow]:
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            if not raw.strip():
-                continue
-            yield RawRow(f"line {number}", _decode_json_line(raw))
-
-
-def _rows_json(path: Path) -> Iterator[RawRow]:
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise IngestError(f"{path}: not valid UTF-8 (byte {exc.start}); save it as UTF-8") from exc
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise IngestError(f"{path}: line {exc.lineno}, column {exc.colno}: invalid JSON ({exc.msg})") from exc
-    if isinstance(document, dict) and isinstance(document.get("data"), list):
-        items, where = document["data"], "data"
-    elif isinstance(document, list):
-        items, where = document, ""
-    else:
-        raise IngestError(f"{path}: expected a JSON list of rows or an object with a 'data' list")
-    for index, item in enumerate(items):
-        location = f"{where}[{index}]"
-        value = item if isinstance(item, dict) else RowError(f"expected a JSON object, got {type(item).__name__}")
-        yield RawRow(location, value)
-
-
-def _rows_csv(path: Path) -> Iterator[RawRow]:
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise IngestError(f"{path}: not valid UTF-8 (byte {exc.start}); save it as UTF-8") from exc
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    for row in reader:
-        if None in row:
-            yield RawRow(f"line {reader.line_num}", RowError(f"more fields than the {len(reader.fieldnames or [])} columns in the header"))
-            continue
-        yield RawRow(f"line {reader.line_num}", {k: _csv_value(v) for k, v in row.items() if v is not None})
-
-
-def _csv_value(value: str) -> Any:
-    """CSV cells holding JSON lists/objects (messages, choices) are decoded; other cells stay text."""
-    stripped = value.strip()
-    if stripped[:1] in "[{":
-        try:
-            return json.loads(stripped)
-        except json.JSONDecodeError:
-            return value
-    return value
-
-
-def _rows_parquet(path: Path) -> Iterator[RawRow]:
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise IngestError(f"{path}: not a readable Parquet file ({exc})") from exc
-    index = 0
-    for batch in parquet.iter_batches(batch_size=4096):
-        for row in batch.to_pylist():
-            yield RawRow(f"row {index}", row)
-            index += 1
-
-
-_READERS = {".jsonl": _rows_jsonl, ".json": _rows_json, ".csv": _rows_csv, ".parquet": _rows_parquet}
-
-
-def read_rows(path: Path) -> Iterator[RawRow]:
-    return _READERS[path.suffix.lower()](path)
-
-
-def choose_format(path: Path, spec: SourceSpec, rows: list[RawRow]) -> str:
-    if spec.format != "auto":
-        return spec.format
-    for row in rows[:FORMAT_SAMPLE_ROWS]:
-        if isinstance(row.value, dict) and (name := detect_format(row.value)):
-            return name
-    first = next((r for r in rows if isinstance(r.value, dict)), None)
-    seen = f"first row's keys: {sorted(first.value)}" if first else "no row is a JSON object"
+def choose_format(source: Source, table: pa.Table) -> str:
+    if source.spec.format != "auto":
+        return source.spec.format
+    if name := detect_format(table.column_names):
+        return name
     raise IngestError(
-        f"{path}: unknown format ({seen}); tried {', '.join(FORMATS)}. "
+        f"{source.name}: unknown format (keys of the first rows: {sorted(table.column_names)}); tried {', '.join(FORMATS)}. "
         "Rename the fields or set the source's 'format' explicitly."
     )
 
 
-def check_quality(draft: RecordDraft, settings: DataSettings) -> None:
-    for index, message in enumerate(draft.messages):
-        text = message.content.strip()
-        if not text and message.role in ("user", "assistant"):
-            raise RowError(f"empty {message.role} message (messages[{index}])")
-        if len(message.content) > settings.max_chars:
-            raise RowError(f"{message.role} message has {len(message.content)} characters, above data.max_chars={settings.max_chars}")
-        if message.role in ("user", "assistant") and len(text) < settings.min_chars:
-            raise RowError(f"{message.role} message has {len(text)} characters, below data.min_chars={settings.min_chars}")
+def _options(settings: DataSettings) -> AdapterOptions:
+    return AdapterOptions(no_answer_text=settings.no_answer_text, squad_unanswerable=settings.squad_unanswerable)
 
 
-def assign_split(group: str, seed: int, validation_fraction: float) -> str:
-    """Hash-based, so a group's split never changes as the dataset grows."""
-    digest = hashlib.sha256(f"{seed}:{group}".encode()).digest()
-    position = int.from_bytes(digest[:8], "big") / 2**64
-    return "validation" if position < validation_fraction else "train"
+def prepare(raw: RawBatch, fmt: str, source: Source, settings: DataSettings) -> Prepared:
+    """Everything that depends on one row alone; runs on worker threads."""
+    if raw.positions is None:
+        return _prepare_table(raw, raw.tables[0], raw.locations, fmt, source, settings)
+    # Tables of differently typed rows: prepare each, then put the rows back in chunk order.
+    order = np.argsort(np.argsort(np.concatenate(raw.positions), kind="stable"), kind="stable")
+    pieces, start = [], 0
+    for table in raw.tables:
+        rank = order[start: start + table.num_rows]
+        pieces.append(_prepare_table(raw, table, raw.locations.take(pa.array(rank)), fmt, source, settings))
+        start += table.num_rows
+    back = np.argsort(order, kind="stable")
+    errors = RowErrors(len(order))
+    errors.codes = np.concatenate([p.errors.codes for p in pieces])[back]
+    offset = 0
+    for piece in pieces:
+        for row, reason in piece.errors.reasons.items():
+            errors.reasons[int(order[offset + row])] = reason
+        offset += len(piece.ids)
+    near = None
+    if settings.near_dedupe:
+        joined = [text for p in pieces for text in (p.near_texts or [])]
+        near = [joined[i] for i in back.tolist()]
+    taken = pa.array(back)
+    return Prepared(
+        raw, errors, np.concatenate([p.ids for p in pieces])[back],
+        pa.concat_tables([p.output for p in pieces]).take(taken),
+        np.concatenate([p.split_codes for p in pieces])[back],
+        np.concatenate([p.unanswerable for p in pieces])[back],
+        pa.concat_arrays([p.conversations for p in pieces]).take(taken),
+        near,
+    )
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _prepare_table(raw: RawBatch, table: pa.Table, locations: pa.Array, fmt: str, source: Source, settings: DataSettings) -> Prepared:
+    adapted = ADAPTERS[fmt](table, _options(settings))
+    length = adapted.length
+    texts = message_texts(adapted)
+    check_lengths(adapted, texts, settings)
+    if settings.quality_threshold > 0:
+        apply_quality(adapted, texts, settings.quality_threshold)
+    ids = conversation_ids(texts.data, texts.offsets, adapted.role_codes, adapted.message_offsets)
+
+    offsets = pa.array(adapted.message_offsets.astype(np.int32))
+    roles = ROLE_NAMES.take(pa.array(adapted.role_codes))
+    messages = pa.ListArray.from_arrays(offsets, pa.StructArray.from_arrays([roles, adapted.contents], names=["role", "content"]))
+    conversations = pa.ListArray.from_arrays(offsets, adapted.contents)
+    if adapted.answer is not None:
+        answer = adapted.answer
+    else:
+        padded = pa.concat_arrays([adapted.contents, pa.array([""], pa.string())])
+        counts = np.diff(adapted.message_offsets)
+        answer = padded.take(pa.array(np.where(counts > 0, adapted.message_offsets[1:] - 1, len(adapted.contents))))
+
+    rules = rules_for_source(settings.routing, source.name)
+    prompt = None
+    if any(rule.keywords for rule in rules):
+        user_only = adapted.contents.filter(pa.array(adapted.role_codes == _USER))
+        user_counts = np.bincount(np.repeat(np.arange(length), np.diff(adapted.message_offsets))[adapted.role_codes == _USER], minlength=length)
+        user_offsets = np.zeros(length + 1, dtype=np.int32)
+        np.cumsum(user_counts, out=user_offsets[1:])
+        prompt = pc.binary_join(pa.ListArray.from_arrays(pa.array(user_offsets), user_only), "\n")
+    domain = route(length, rules, row_domain=adapted.domain, category=adapted.category, prompt=prompt,
+                   source_domain=source.spec.domain, default_domain=settings.default_domain)
+
+    group_hashes = ids.copy()
+    if adapted.group is not None:
+        values = adapted.group.to_pylist()
+        for row in np.flatnonzero(adapted.group.is_valid().to_numpy(zero_copy_only=False)).tolist():
+            group_hashes[row] = group_hash(values[row])
+    codes = split_codes(group_hashes, settings.split_seed, settings.validation_fraction, settings.test_fraction)
+
+    meta_fields = dict(adapted.meta)
+    meta_fields["source_location" if "location" in meta_fields else "location"] = locations
+    output = pa.table(
+        {
+            "id": hex_ids(ids),
+            "messages": messages,
+            "choices": adapted.choices if adapted.choices is not None else pa.nulls(length, pa.list_(pa.string())),
+            "answer": answer,
+            "domain": domain,
+            "source": pa.repeat(pa.scalar(source.name, pa.string()), length),
+            "split": pa.array(SPLITS, pa.string()).take(pa.array(codes)),
+            "origin": pa.repeat(pa.scalar("original", pa.string()), length),
+            "meta": json_objects(meta_fields, length),
+        }
+    )
+    near_texts = None
+    if settings.near_dedupe:
+        ok = np.flatnonzero(adapted.errors.ok)
+        near_texts = [None] * length
+        if adapted.near_text is not None:
+            given = adapted.near_text.to_pylist()
+            for row in ok.tolist():
+                near_texts[row] = given[row].lower()
+        else:
+            for row, text in zip(ok.tolist(), conversation_texts(texts.data, texts.offsets, adapted.message_offsets, ok.tolist())):
+                near_texts[row] = text
+    unanswerable = adapted.unanswerable if adapted.unanswerable is not None else np.zeros(length, bool)
+    return Prepared(raw, adapted.errors, ids, output, codes, unanswerable, conversations, near_texts)
+
+
+class SeenIds:
+    """Ids of the rows kept so far, 8 bytes each: sorted runs merged size-tiered, so that
+    membership is a vectorised binary search per run and there are O(log n) runs."""
+
+    def __init__(self) -> None:
+        self.runs: list[np.ndarray] = []
+
+    def first_sightings(self, ids: np.ndarray) -> np.ndarray:
+        """Which of ``ids`` (in order) were not seen before, nor earlier in ``ids``; they are now."""
+        order = np.argsort(ids, kind="stable")
+        ordered = ids[order]
+        first = np.ones(len(ids), dtype=bool)  # first of its value within the batch
+        first[1:] = ordered[1:] != ordered[:-1]
+        unique, first_rows = ordered[first], order[first]
+        known = np.zeros(len(unique), dtype=bool)
+        for run in self.runs:
+            position = np.minimum(np.searchsorted(run, unique), len(run) - 1)
+            known |= run[position] == unique
+        fresh = np.zeros(len(ids), dtype=bool)
+        fresh[first_rows[~known]] = True
+        if (~known).any():
+            self.runs.append(unique[~known])
+            while len(self.runs) > 1 and len(self.runs[-1]) * 2 >= len(self.runs[-2]):
+                newest = self.runs.pop()
+                # Disjoint sorted runs: their concatenation sorts in linear time.
+                self.runs[-1] = np.sort(np.concatenate([self.runs[-1], newest]), kind="stable")
+        return fresh
+
+
+class _Build:
+    """The order-dependent half of ingest: one instance per dataset version being built."""
+
+    def __init__(self, settings: DataSettings, folder: Path, *, sample: bool) -> None:
+        self.settings = settings
+        self.writer = VersionWriter(folder, settings.parquet_compression)
+        self.quarantine_path = folder / QUARANTINE
+        self._quarantine = self.quarantine_path.open("wb")
+        self._rejected_lines: list[bytes] = []
+        self.quarantined = 0
+        self.rejected: Counter[str] = Counter()
+        self.seen = SeenIds()
+        self.near = NearDuplicates(settings.near_dedupe_threshold, settings.near_dedupe_num_perm, settings.near_dedupe_ngram) if settings.near_dedupe else None
+        self.sampler = StatsSampler(settings.stats_sample_size) if sample else None
+        self.tallies: list[_Tally] = []
+        # Parquet encoding and digests run on their own thread, in order, off the critical path.
+        self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fragua-write")
+        self._writes: deque[Future[None]] = deque()
+
+    def _write(self, split: str, table: pa.Table) -> None:
+        self._writes.append(self._writer_thread.submit(self.writer.write, split, table))
+        while len(self._writes) > IN_FLIGHT * len(SPLITS):
+            self._writes.popleft().result()
+
+    def reject(self, tally: _Tally, entry: Quarantined) -> None:
+        self._rejected_lines.append(orjson.dumps(entry.as_json(), default=str))
+        tally.quarantined += 1
+        tally.reasons[entry.kind] += 1
+        self.rejected[entry.kind] += 1
+        self.quarantined += 1
+        if tally.first_rejection is None:
+            tally.first_rejection = entry
+
+    def failures(self, tally: _Tally, raw: RawBatch) -> None:
+        tally.rows += raw.rows
+        for location, error, text in raw.failures:
+            self.reject(tally, Quarantined(tally.source.name, location, str(error), error.kind, None, text))
+        self._flush_quarantine()
+
+    def finish(self, tally: _Tally, prepared: Prepared) -> None:
+        self.failures(tally, prepared.raw)
+        errors = prepared.errors
+        locations = prepared.raw.locations
+        for row in np.flatnonzero(~errors.ok).tolist():
+            self.reject(tally, Quarantined(tally.source.name, locations[row].as_py(), errors.reasons[row], errors.kind(row), prepared.raw.original(row)))
+        tally.unanswerable += int(prepared.unanswerable.sum())
+        keep = errors.ok.copy()
+        if self.settings.dedupe:
+            candidates = np.flatnonzero(keep)
+            repeated = candidates[~self.seen.first_sightings(prepared.ids[candidates])]
+            keep[repeated] = False
+            tally.duplicates += len(repeated)
+        if self.near is not None and prepared.near_texts is not None:
+            hexed = prepared.output.column("id")
+            for row in np.flatnonzero(keep).tolist():
+                if match := self.near.check(prepared.near_texts[row], hexed[row].as_py()):
+                    keep[row] = False
+                    reason = f"near-duplicate of record {match[0]} (estimated similarity {match[1]:.2f} >= data.near_dedupe_threshold={self.near.threshold})"
+                    self.reject(tally, Quarantined(tally.source.name, locations[row].as_py(), reason, "near_duplicate", prepared.raw.original(row)))
+        tally.kept += int(keep.sum())
+        for code, split in enumerate(SPLITS):
+            chosen = keep & (prepared.split_codes == code)
+            if chosen.any():
+                self._write(split, prepared.output.filter(pa.array(chosen)))
+        if self.sampler is not None:
+            self.sampler.add(prepared.ids, prepared.output.column("domain").combine_chunks(), prepared.conversations, keep)
+        self._flush_quarantine()
+
+    def _flush_quarantine(self) -> None:
+        if self._rejected_lines:
+            self._quarantine.write(b"\n".join(self._rejected_lines) + b"\n")
+            self._rejected_lines.clear()
+
+    def close(self) -> None:
+        try:
+            while self._writes:
+                self._writes.popleft().result()
+        finally:
+            self._writer_thread.shutdown(wait=True, cancel_futures=True)
+            self._quarantine.close()
+            self.writer.close()
+        if not self.quarantined:
+            self.quarantine_path.unlink()
+
+
+def _check_source(tally: _Tally, settings: DataSettings) -> None:
+    if not tally.rows:
+        raise IngestError(f"{tally.source.name}: the file has no rows")
+    if tally.quarantined / tally.rows > settings.max_rejected_fraction:
+        first = tally.first_rejection
+        assert first is not None
+        raise IngestError(
+            f"{tally.source.name}: {tally.quarantined} of {tally.rows} rows are unusable as {tally.format} "
+            f"(first: {first.location}: {first.reason}); above data.max_rejected_fraction="
+            f"{settings.max_rejected_fraction}. Fix the file or set the source's format."
+        )
+
+
+def _prefetched(reader: ThreadPoolExecutor, batches: Iterator[RawBatch]) -> Iterator[RawBatch]:
+    """The batches, each read (and parsed) on ``reader`` while the previous one is worked on."""
+    upcoming = reader.submit(next, batches, None)
+    while (batch := upcoming.result()) is not None:
+        upcoming = reader.submit(next, batches, None)
+        yield batch
+
+
+def _run(settings: DataSettings, folder: Path, *, sample: bool) -> _Build:
+    build = _Build(settings, folder, sample=sample)
+    try:
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="fragua-ingest") as pool, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="fragua-read") as reader:
+            for source in expand_sources(settings.sources):
+                tally = _Tally(source)
+                build.tallies.append(tally)
+                pending: deque[Future[Prepared]] = deque()
+                fmt: str | None = None
+                for raw in _prefetched(reader, read_batches(source, settings.batch_size)):
+                    if not raw.tables:
+                        build.failures(tally, raw)
+                        continue
+                    if fmt is None:
+                        fmt = tally.format = choose_format(source, raw.tables[0])
+                    pending.append(pool.submit(prepare, raw, fmt, source, settings))
+                    while len(pending) >= IN_FLIGHT:
+                        build.finish(tally, pending.popleft().result())
+                while pending:
+                    build.finish(tally, pending.popleft().result())
+                if fmt is None and tally.rows:
+                    raise IngestError(
+                        f"{source.name}: unknown format (no row is a JSON object; first: {tally.first_rejection.location}: "
+                        f"{tally.first_rejection.reason}); tried {', '.join(FORMATS)}"
+                    )
+                _check_source(tally, settings)
+    finally:
+        build.close()
+    return build
+
+
+# Public entry points ----------------------------------------------------------------------
 
 
 @dataclass
@@ -202,86 +398,95 @@ class IngestResult:
 
 
 def collect(settings: DataSettings) -> IngestResult:
-    """Read every source into canonical records; pure apart from reading the files."""
-    records: list[Record] = []
-    quarantined: list[Quarantined] = []
-    reports: list[SourceReport] = []
-    seen: set[str] = set()
-    for path, spec in expand_sources(settings.sources):
-        rows = list(read_rows(path))
-        if not rows:
-            raise IngestError(f"{path}: the file has no rows")
-        fmt = choose_format(path, spec, rows)
-        adapter = ADAPTERS[fmt]
-        kept = duplicates = 0
-        rejected: list[Quarantined] = []
-        for row in rows:
-            try:
-                if isinstance(row.value, RowError):
-                    raise row.value
-                draft = adapter(row.value)
-                check_quality(draft, settings)
-            except RowError as exc:
-                rejected.append(Quarantined(str(path), row.location, str(exc), _jsonable(row.value)))
-                continue
-            key = content_key(draft)
-            if settings.dedupe and key in seen:
-                duplicates += 1
-                continue
-            seen.add(key)
-            rid = record_id(key)
-            meta = dict(draft.meta)
-            meta["location"] = row.location
-            record = Record(
-                id=rid,
-                messages=draft.messages,
-                choices=draft.choices,
-                answer=draft.answer,
-                domain=draft.domain or spec.domain or "general",
-                source=str(path),
-                meta=meta,
-            )
-            record.split = assign_split(record.group, settings.split_seed, settings.validation_fraction)
-            records.append(record)
-            kept += 1
-        if rows and len(rejected) / len(rows) > settings.max_rejected_fraction:
-            first = rejected[0]
-            raise IngestError(
-                f"{path}: {len(rejected)} of {len(rows)} rows are unusable as {fmt} "
-                f"(first: {first.location}: {first.reason}); above data.max_rejected_fraction="
-                f"{settings.max_rejected_fraction}. Fix the file or set the source's format."
-            )
-        quarantined.extend(rejected)
-        reports.append(
-            SourceReport(path=str(path), sha256=file_sha256(path), format=fmt, rows=len(rows), kept=kept, duplicates=duplicates, quarantined=len(rejected))
-        )
-    return IngestResult(records, quarantined, reports)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, RowError):
-        return None
+    """Ingest into memory (for small data and tests): the records, quarantine and per-source counts."""
+    folder = Path(tempfile.mkdtemp(prefix="fragua-collect-"))
     try:
-        json.dumps(value)
-        return value
-    except (TypeError, ValueError):
-        return repr(value)
+        build = _run(settings, folder, sample=False)
+        records = []
+        for split in SPLITS:
+            path = folder / f"{split}.parquet"
+            if path.is_file():
+                for row in pq.read_table(path).to_pylist():
+                    row["meta"] = orjson.loads(row["meta"])
+                    records.append(Record.model_validate(row))
+        quarantined = []
+        if build.quarantine_path.is_file():
+            for line in build.quarantine_path.read_bytes().splitlines():
+                entry = orjson.loads(line)
+                quarantined.append(Quarantined(entry["source"], entry["location"], entry["reason"], entry["kind"], entry["row"], entry.get("text")))
+        return IngestResult(records, quarantined, [t.report() for t in build.tallies])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
-def ingest(settings: DataSettings, datasets_root: Path) -> DatasetManifest:
-    """Collect, check the split is usable, and store the dataset version (idempotent)."""
-    result = collect(settings)
-    counts = Counter(r.split for r in result.records)
-    for split in ("train", "validation"):
-        if not counts[split]:
-            raise IngestError(
-                f"the {split} split is empty ({len(result.records)} usable rows in "
-                f"{', '.join(s.path for s in result.sources)}); add data or change data.validation_fraction"
-            )
-    return write_dataset_version(
-        datasets_root,
-        result.records,
-        quarantine=[q.as_json() for q in result.quarantined],
-        sources=result.sources,
-        settings={"data": settings.model_dump(mode="json")},
-    )
+def _warnings(counts: dict[str, dict[str, int]], settings: DataSettings) -> list[str]:
+    wanted = ["validation"] + (["test"] if settings.test_fraction > 0 else [])
+    notes = []
+    for domain, per_split in counts.items():
+        missing = [s for s in ["train", *wanted] if not per_split.get(s)]
+        if missing:
+            notes.append(f"domain {domain!r} has no {' or '.join(missing)} rows ({sum(per_split.values())} rows in all): per-domain metrics will not cover it")
+    return notes
+
+
+def ingest(
+    settings: DataSettings,
+    datasets_root: Path | None = None,
+    *,
+    store: DatasetStore | None = None,
+    tokenizer_file: Path | None = None,
+    ingest_key: str | None = None,
+) -> DatasetManifest:
+    """Read, clean, route and split every source into a dataset version (idempotent).
+
+    ``tokenizer_file``: a ``tokenizer.json`` to count token lengths for the statistics.
+    ``ingest_key``: the cache key of these inputs, remembered next to the version.
+    """
+    if store is None:
+        if datasets_root is None:
+            raise ValueError("ingest needs datasets_root or store")
+        store = LocalDatasetStore(datasets_root)
+    staging = store.staging()
+    plotting = preload_plotting()
+    try:
+        build = _run(settings, staging, sample=True)
+        counts = dict(build.writer.counts)
+        required = ["train", "validation"] + (["test"] if settings.test_fraction > 0 else [])
+        for split in required:
+            if not counts.get(split):
+                raise IngestError(
+                    f"the {split} split is empty ({sum(counts.values())} usable rows in "
+                    f"{', '.join(t.source.name for t in build.tallies)}); add data or change data.validation_fraction / data.test_fraction"
+                )
+        domains = {d: dict(c) for d, c in sorted(build.writer.domains.items())}
+        assert build.sampler is not None
+        plotting.join()
+        write_stats(staging, summarise(build.sampler, domains, tokenizer_file))
+        split_settings = {k: getattr(settings, k) for k in ("validation_fraction", "test_fraction", "split_seed")}
+        ident = build.writer.dataset_id({"parent": None, "split": split_settings})
+        location = store.location(ident)
+        manifest = build_manifest(
+            ident, location, build.writer,
+            sources=[t.report() for t in build.tallies],
+            quarantined=build.quarantined,
+            rejected=dict(sorted(build.rejected.items())),
+            duplicates=sum(t.duplicates for t in build.tallies),
+            settings={"data": settings.ingest_fingerprint()},
+            stats_file=f"{location}/{STATS_FILE}",
+            plot_file=f"{location}/{PLOT_FILE}",
+            warnings=_warnings(domains, settings),
+        )
+        (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    stored = load_manifest(store.commit(staging, ident))
+    if ingest_key:
+        store.remember(ingest_key, stored.id)
+    return stored
+
+
+def sources_fingerprint(settings: DataSettings) -> Iterator[tuple[str, str | None]]:
+    """(source, content fingerprint) for the cache key; a None fingerprint means uncacheable."""
+    for source in expand_sources(settings.sources):
+        yield source.name, source_fingerprint(source)

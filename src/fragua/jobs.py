@@ -6,23 +6,25 @@ so that a task is a thin retrying wrapper and a CLI or test can call the same th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
 import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
 from pydantic import BaseModel, Field
 
-from . import dataset_store
+from . import __version__, dataset_store
 from .base_model import build_tiny_base
-from .dataset_store import DatasetManifest
+from .dataset_store import DatasetManifest, DatasetStore, LocalDatasetStore, ObjectDatasetStore
 from .evaluation import Evaluation, evaluate
 from .expand import expand_train
 from .gates import Decision, decide
-from .ingest import ingest
+from .ingest import IngestError, ingest, sources_fingerprint
 from .hpo import HpoPlan, HpoResult, Trial, TrialResult, best_trial, sample_trials, trial_rows, trial_settings
 from .incremental import select_incremental
 from .modeling import ModelLoadError, is_adapter, load_for_inference
@@ -32,6 +34,7 @@ from .records import Record
 from .registry import PREVIOUS, PRODUCTION, AliasState, CleanupReport, Registry, RegistryError, VersionManifest, size_label
 from .report import model_card, validation_report
 from .settings import Settings
+from .sources import file_sha256
 from .storage import LocalStore, ObjectStore
 from .tracking import tracking_run
 from .training import TrainReport, train
@@ -73,20 +76,74 @@ class DeployOutcome(BaseModel):
 # Data -----------------------------------------------------------------------------------
 
 
+def open_dataset_store(settings: Settings) -> DatasetStore:
+    """Where dataset versions live (data.store): work_dir/datasets, or the registry's storage."""
+    if settings.data.store == "registry":
+        return ObjectDatasetStore(open_store(settings), settings.work_path / "cache" / "datasets")
+    return LocalDatasetStore(settings.datasets_path)
+
+
+def dataset_split(settings: Settings, dataset: DatasetManifest, split: str) -> list[Record]:
+    """A split of a dataset version as training and evaluation see it: only data.domains, if set."""
+    return dataset_store.load_records(dataset, split, settings.data.domains)
+
+
+def stats_tokenizer(settings: Settings) -> Path | None:
+    """The base model's tokenizer.json when it is on local disk (token lengths in the dataset stats)."""
+    candidate = Path(settings.base_model_ref).expanduser() / "tokenizer.json"
+    return candidate if candidate.is_file() else None
+
+
+def ingest_inputs_key(settings: Settings) -> str | None:
+    """What an ingest's result depends on: source contents, data settings, the store, the
+    stats tokenizer and Fragua's version. None when a source cannot be fingerprinted (an
+    unpinned hub dataset) or does not exist (ingest will say why)."""
+    try:
+        fingerprints = list(sources_fingerprint(settings.data))
+    except (IngestError, OSError):
+        return None
+    if any(fingerprint is None for _, fingerprint in fingerprints):
+        return None
+    store = open_dataset_store(settings)
+    tokenizer = stats_tokenizer(settings)
+    payload = {
+        "fragua": __version__,
+        "sources": fingerprints,
+        "data": settings.data.ingest_fingerprint(),
+        "store": [store.describe(), store.instance()],
+        "tokenizer": file_sha256(tokenizer) if tokenizer else None,
+    }
+    return "ingest-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def ingest_cache_key(settings: Settings) -> str | None:
+    """The ingest task's cache key: its inputs key, unless the version those inputs produced
+    has been deleted since (a cache hit would then point at nothing)."""
+    key = ingest_inputs_key(settings)
+    if key is None:
+        return None
+    store = open_dataset_store(settings)
+    recorded = store.recall(key)
+    if recorded is not None and store.open(recorded) is None:
+        return f"{key}-rebuild-{uuid.uuid4().hex}"
+    return key
+
+
 def ingest_sources(settings: Settings) -> DatasetManifest:
-    return ingest(settings.data, settings.datasets_path)
+    return ingest(settings.data, store=open_dataset_store(settings), tokenizer_file=stats_tokenizer(settings), ingest_key=ingest_inputs_key(settings))
 
 
 def expand_dataset(settings: Settings, dataset_id: str) -> DatasetManifest:
     """A child dataset version whose train split is augmented; validation copied unchanged."""
-    parent = dataset_store.find_dataset(settings.datasets_path, dataset_id)
+    store = open_dataset_store(settings)
+    parent = store.find(dataset_id)
     train_records = dataset_store.load_records(parent, "train")
     expanded, report = expand_train(train_records, settings.expand)
     if len(expanded) == len(train_records):
         return parent
     held_out = dataset_store.load_records(parent, "validation") + dataset_store.load_records(parent, "test")
     return dataset_store.write_dataset_version(
-        settings.datasets_path,
+        store,
         expanded + held_out,
         quarantine=[],
         sources=parent.sources,
@@ -154,12 +211,13 @@ def incremental_start(settings: Settings, base: str, train_records: list[Record]
             f"incremental training cannot continue production version {production.version} (method {lineage.get('method')!r}) "
             f"with train.method {settings.train.method!r}: adapters continue adapters, full fine-tunes continue full fine-tunes"
         )
+    store = open_dataset_store(settings)
     try:
-        parent_dataset = dataset_store.find_dataset(settings.datasets_path, lineage["dataset_id"])
+        parent_dataset = store.find(lineage["dataset_id"])
     except FileNotFoundError as exc:
         raise FileNotFoundError(
             f"incremental training needs dataset {lineage['dataset_id']} of production version {production.version} to tell new "
-            f"examples from old ones, and it is not under {settings.datasets_path}; ingest that data again or set train.incremental=false"
+            f"examples from old ones, and it is not under {store.describe()}; ingest that data again or set train.incremental=false"
         ) from exc
     known = {r.id for split in dataset_store.SPLITS for r in dataset_store.load_records(parent_dataset, split)}
     selection = select_incremental(train_records, known, replay_ratio=settings.train.replay_ratio, seed=settings.train.seed)
@@ -177,9 +235,9 @@ def train_model(
     job_type: str = "train",
 ) -> TrainReport:
     """Train (or resume, or return the finished) run for this dataset and these settings."""
-    dataset = dataset_store.find_dataset(settings.datasets_path, dataset_id)
+    dataset = open_dataset_store(settings).find(dataset_id)
     base = ensure_base_model(settings)
-    train_records = dataset_store.load_records(dataset, "train")
+    train_records = dataset_split(settings, dataset, "train")
     start = incremental_start(settings, base, train_records) if settings.train.incremental else None
     if start:
         start_info, train_records = start
@@ -208,7 +266,7 @@ def train_model(
     with tracking_run(settings.tracking, settings.work_path, name=run_id, job_type=job_type, config=settings.redacted()) as tracker:
         common = dict(
             base_model=load_from, settings=train_settings, train_records=train_records,
-            eval_records=dataset_store.load_records(dataset, "validation"), run_dir=run_dir, run_name=run_id,
+            eval_records=dataset_split(settings, dataset, "validation"), run_dir=run_dir, run_name=run_id,
             init_adapter=init_adapter, deadline=deadline,
         )
         if train_settings.num_processes > 1:
@@ -240,7 +298,7 @@ def train_model(
 
 def plan_hpo(settings: Settings, dataset_id: str) -> HpoPlan:
     """The trials to run and the search's deadline; fails at once when nothing can be scored."""
-    dataset = dataset_store.find_dataset(settings.datasets_path, dataset_id)
+    dataset = open_dataset_store(settings).find(dataset_id)
     if not dataset.counts.get("validation"):
         raise ValueError(f"dataset {dataset.id} has no validation examples, so trials cannot be compared; raise data.validation_fraction")
     return HpoPlan(dataset_id=dataset.id, trials=sample_trials(settings.hpo), deadline=time.time() + settings.hpo.time_budget_minutes * 60)
@@ -326,8 +384,8 @@ def fetch_version(settings: Settings, version: str) -> Path:
 
 
 def evaluate_model(settings: Settings, dataset_id: str, model_path: str, *, name: str) -> Evaluation:
-    dataset = dataset_store.find_dataset(settings.datasets_path, dataset_id)
-    records = dataset_store.load_records(dataset, "validation")
+    dataset = open_dataset_store(settings).find(dataset_id)
+    records = dataset_split(settings, dataset, "validation")
     loaded = load_for_inference(model_path, settings.train)
     return evaluate(loaded.model, loaded.tokenizer, records, settings.validate, max_length=settings.train.max_seq_length, name=name)
 
@@ -445,7 +503,7 @@ def publish_run(settings: Settings, run_id: str, *, flow_run_id: str | None = No
         raise RegistryError(f"run {run_id} did not pass validation; not publishing:\n  " + "\n  ".join(validation.decision.reasons))
     run_dir = Path(run["run_dir"])
     train_report = TrainReport.model_validate_json((run_dir / "train_report.json").read_text())
-    dataset = dataset_store.find_dataset(settings.datasets_path, run["dataset_id"])
+    dataset = open_dataset_store(settings).find(run["dataset_id"])
     registry = open_registry(settings)
     production = production_state(settings)
     manifest_fields = {

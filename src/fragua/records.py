@@ -1,28 +1,40 @@
-"""The canonical record and the adapters that turn each input format into it.
+"""The canonical record, and the row-level face of the format adapters.
 
-Every adapter is a pure function ``row -> RecordDraft`` that raises :class:`RowError` with a
-human-readable reason when a row cannot be used. Keys an adapter does not consume are kept
-in ``meta`` so that nothing a user gave us is silently dropped.
+Ingest converts whole Arrow batches at a time (:mod:`fragua.adapters`); the functions here
+run the same adapters on a single row, for callers holding one example (tests, an API).
+Keys an adapter does not consume are kept in ``meta`` so that nothing a user gave us is
+silently dropped.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import string
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .textops import conversation_id, hex_id
+
 Role = Literal["system", "user", "assistant", "tool"]
 Split = Literal["train", "validation", "test"]
-FORMATS = ("alpaca", "prompt_completion", "chat", "multiple_choice")
+# In the order an "unknown format" message lists them.
+FORMATS = ("alpaca", "prompt_completion", "chat", "multiple_choice", "sharegpt", "squad", "head_qa")
 CHOICE_LETTERS = string.ascii_uppercase
+
+# Why a row was not kept; the manifest counts rows per kind.
+REJECTION_KINDS = (
+    "invalid_utf8", "invalid_json", "not_an_object", "mixed_types", "missing_field", "wrong_type",
+    "invalid_value", "empty", "too_short", "too_long", "low_quality", "near_duplicate", "unanswerable",
+)
 
 
 class RowError(ValueError):
     """A row that cannot become a record; the message is the quarantine reason."""
+
+    def __init__(self, message: str, kind: str = "invalid_value") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class Message(BaseModel):
@@ -37,7 +49,7 @@ class Record(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(description="sha256 prefix of the normalised content: equal content, equal id.")
+    id: str = Field(description="xxh3-64 of the normalised content, 16 hex digits: equal content, equal id.")
     messages: list[Message]
     choices: list[str] | None = Field(None, description="Options of a multiple-choice question, in display order.")
     answer: str | None = Field(None, description="Reference answer: the option letter for multiple choice, else the answer text.")
@@ -69,72 +81,20 @@ class RecordDraft:
     answer: str | None = None
     domain: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    category: str | None = None
+    group: str | None = None
 
 
-def _text(row: dict[str, Any], key: str, *, required: bool = True) -> str:
-    value = row.get(key)
-    if value is None:
-        if required:
-            raise RowError(f"missing field '{key}'")
-        return ""
-    if not isinstance(value, str):
-        raise RowError(f"field '{key}' must be a string, got {type(value).__name__}")
-    return value
+def format_choices(question: str, choices: Sequence[str]) -> str:
+    options = "\n".join(f"{CHOICE_LETTERS[i]}. {choice}" for i, choice in enumerate(choices))
+    return f"{question}\n{options}"
 
 
-def _leftovers(row: dict[str, Any], consumed: set[str]) -> dict[str, Any]:
-    return {k: v for k, v in row.items() if k not in consumed}
-
-
-def _domain(row: dict[str, Any]) -> str | None:
-    value = row.get("domain")
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise RowError("field 'domain' must be a non-empty string")
-    return value.strip()
-
-
-def from_alpaca(row: dict[str, Any]) -> RecordDraft:
-    instruction = _text(row, "instruction")
-    extra_input = _text(row, "input", required=False)
-    output = _text(row, "output")
-    prompt = f"{instruction}\n\n{extra_input}" if extra_input.strip() else instruction
-    messages = [Message(role="user", content=prompt), Message(role="assistant", content=output)]
-    if isinstance(row.get("system"), str) and row["system"].strip():
-        messages.insert(0, Message(role="system", content=row["system"]))
-    consumed = {"instruction", "input", "output", "system", "domain"}
-    return RecordDraft(messages, answer=output, domain=_domain(row), meta=_leftovers(row, consumed))
-
-
-def from_prompt_completion(row: dict[str, Any]) -> RecordDraft:
-    prompt = _text(row, "prompt")
-    completion = _text(row, "completion")
-    messages = [Message(role="user", content=prompt), Message(role="assistant", content=completion)]
-    consumed = {"prompt", "completion", "domain"}
-    return RecordDraft(messages, answer=completion, domain=_domain(row), meta=_leftovers(row, consumed))
-
-
-def from_chat(row: dict[str, Any]) -> RecordDraft:
-    raw = row.get("messages")
-    if not isinstance(raw, list) or not raw:
-        raise RowError("field 'messages' must be a non-empty list of {role, content}")
-    messages = []
-    for index, item in enumerate(raw):
-        if not isinstance(item, dict):
-            raise RowError(f"messages[{index}] must be an object with 'role' and 'content'")
-        role, content = item.get("role"), item.get("content")
-        if role not in ("system", "user", "assistant", "tool"):
-            raise RowError(f"messages[{index}].role {role!r} is not one of system, user, assistant, tool")
-        if not isinstance(content, str):
-            raise RowError(f"messages[{index}].content must be a string, got {type(content).__name__}")
-        messages.append(Message(role=role, content=content))
-    if messages[-1].role != "assistant":
-        raise RowError("the last message must be the assistant's answer (role 'assistant')")
-    if not any(m.role == "user" for m in messages):
-        raise RowError("the conversation has no 'user' message")
-    consumed = {"messages", "domain"}
-    return RecordDraft(messages, answer=messages[-1].content, domain=_domain(row), meta=_leftovers(row, consumed))
+def multiple_choice_messages(question: str, choices: Sequence[str], index: int) -> list[Message]:
+    return [
+        Message(role="user", content=format_choices(question, choices)),
+        Message(role="assistant", content=f"{CHOICE_LETTERS[index]}. {choices[index]}"),
+    ]
 
 
 def answer_index(answer: Any, n_choices: int) -> int:
@@ -154,55 +114,19 @@ def answer_index(answer: Any, n_choices: int) -> int:
     return index
 
 
-def format_choices(question: str, choices: list[str]) -> str:
-    options = "\n".join(f"{CHOICE_LETTERS[i]}. {choice}" for i, choice in enumerate(choices))
-    return f"{question}\n{options}"
-
-
-def multiple_choice_messages(question: str, choices: list[str], index: int) -> list[Message]:
-    return [
-        Message(role="user", content=format_choices(question, choices)),
-        Message(role="assistant", content=f"{CHOICE_LETTERS[index]}. {choices[index]}"),
-    ]
-
-
-def from_multiple_choice(row: dict[str, Any]) -> RecordDraft:
-    question = _text(row, "question")
-    choices = row.get("choices")
-    if not isinstance(choices, list) or not 2 <= len(choices) <= len(CHOICE_LETTERS):
-        raise RowError("field 'choices' must be a list of 2 to 26 options")
-    if not all(isinstance(c, str) and c.strip() for c in choices):
-        raise RowError("every option in 'choices' must be a non-empty string")
-    if "answer" not in row:
-        raise RowError("missing field 'answer'")
-    index = answer_index(row["answer"], len(choices))
-    consumed = {"question", "choices", "answer", "domain"}
-    return RecordDraft(
-        multiple_choice_messages(question, choices, index),
-        choices=list(choices),
-        answer=CHOICE_LETTERS[index],
-        domain=_domain(row),
-        meta=_leftovers(row, consumed),
-    )
-
-
-ADAPTERS: dict[str, Callable[[dict[str, Any]], RecordDraft]] = {
-    "alpaca": from_alpaca,
-    "prompt_completion": from_prompt_completion,
-    "chat": from_chat,
-    "multiple_choice": from_multiple_choice,
-}
-
 _SIGNATURES: dict[str, set[str]] = {
     "chat": {"messages"},
+    "sharegpt": {"conversations"},
+    "squad": {"context", "question", "answers"},
+    "head_qa": {"qtext", "answers", "ra"},
     "multiple_choice": {"question", "choices", "answer"},
     "alpaca": {"instruction", "output"},
     "prompt_completion": {"prompt", "completion"},
 }
 
 
-def detect_format(row: dict[str, Any]) -> str | None:
-    """The first format whose required keys the row has, or None."""
+def detect_format(row: dict[str, Any] | Sequence[str]) -> str | None:
+    """The first format whose required keys the row (or a batch's column names) has, or None."""
     keys = set(row)
     for name, required in _SIGNATURES.items():
         if required <= keys:
@@ -210,18 +134,54 @@ def detect_format(row: dict[str, Any]) -> str | None:
     return None
 
 
-def normalise(text: str) -> str:
-    return " ".join(text.casefold().split())
+def adapt_row(row: dict[str, Any], format: str = "auto", **options: Any) -> RecordDraft:
+    """One row in any supported format -> a draft record, or RowError with the reason."""
+    from .adapters import AdapterOptions, adapt_rows
+
+    if format == "auto":
+        format = detect_format(row) or ""
+        if not format:
+            raise RowError(f"no known format has the keys {sorted(row)}; tried {', '.join(FORMATS)}", "missing_field")
+    drafts = adapt_rows([row], format, AdapterOptions(**options))
+    if isinstance(drafts[0], RowError):
+        raise drafts[0]
+    return drafts[0]
 
 
-def content_key(draft: RecordDraft) -> str:
-    """What makes two rows duplicates: normalised messages and options, not metadata."""
-    payload = {
-        "messages": [[m.role, normalise(m.content)] for m in draft.messages],
-        "choices": [normalise(c) for c in draft.choices] if draft.choices else None,
-    }
-    return json.dumps(payload, ensure_ascii=False, sort_keys=True)
+def from_alpaca(row: dict[str, Any]) -> RecordDraft:
+    return adapt_row(row, "alpaca")
 
 
-def record_id(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+def from_prompt_completion(row: dict[str, Any]) -> RecordDraft:
+    return adapt_row(row, "prompt_completion")
+
+
+def from_chat(row: dict[str, Any]) -> RecordDraft:
+    return adapt_row(row, "chat")
+
+
+def from_sharegpt(row: dict[str, Any]) -> RecordDraft:
+    return adapt_row(row, "sharegpt")
+
+
+def from_squad(row: dict[str, Any], **options: Any) -> RecordDraft:
+    return adapt_row(row, "squad", **options)
+
+
+def from_head_qa(row: dict[str, Any]) -> RecordDraft:
+    return adapt_row(row, "head_qa")
+
+
+def from_multiple_choice(row: dict[str, Any]) -> RecordDraft:
+    return adapt_row(row, "multiple_choice")
+
+
+def content_key(draft: RecordDraft) -> int:
+    """What makes two rows duplicates: roles and normalised message texts (options are part of
+    the rendered question), not metadata, hashed to 64 bits. Ingest computes the same batch-wise."""
+    return conversation_id([(m.role, m.content) for m in draft.messages])
+
+
+def record_id(key: int) -> str:
+    """The content key as 16 hex digits: equal content, equal id."""
+    return hex_id(key)

@@ -1,0 +1,508 @@
+"""Input containers -> batches of rows as Arrow tables, each row with its location.
+
+A source is a file (JSONL, JSON, CSV, Parquet), a folder written by ``datasets``'
+``save_to_disk``, or a Hugging Face hub dataset (``hf:NAME``). Readers stream: at most one
+batch of rows is in memory (JSON documents are the exception: they are parsed whole).
+Rows that cannot be parsed come back as failures with their location and reason, and
+the rest of the batch carries on.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+
+from .adapters import tables_from_rows, type_name
+from .records import RowError
+from .settings import HF_PREFIX, SourceSpec
+
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+DATASET_MARKERS = ("dataset_dict.json", "state.json")
+BOM = b"\xef\xbb\xbf"
+
+
+class IngestError(Exception):
+    """A problem with an input as a whole; the message names the file (and line) and what to do."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input to read: a file, a save_to_disk folder, or a hub dataset."""
+
+    name: str  # what records carry as their ``source``
+    kind: str  # jsonl | json | csv | parquet | datasets | hf
+    spec: SourceSpec
+
+    @property
+    def path(self) -> Path:
+        return Path(self.name)
+
+
+@dataclass
+class RawBatch:
+    """A chunk of one source: the rows that parsed, as one or more tables, and those that did not.
+
+    Rows whose values disagree in type need separate tables; ``positions`` then says where
+    each table's rows sit in the chunk, and ``locations``/``original`` follow chunk order.
+    """
+
+    tables: list[pa.Table]
+    locations: pa.Array | None  # one per table row, in chunk order
+    original: Callable[[int], Any]  # row i in chunk order, as the user wrote it
+    failures: list[tuple[str, RowError, Any]] = field(default_factory=list)  # (location, error, raw text)
+    positions: list[np.ndarray] | None = None  # None: a single table already in chunk order
+
+    @property
+    def parsed(self) -> int:
+        return sum(t.num_rows for t in self.tables)
+
+    @property
+    def rows(self) -> int:
+        return self.parsed + len(self.failures)
+
+
+def _is_dataset_folder(path: Path) -> bool:
+    return any((path / marker).is_file() for marker in DATASET_MARKERS)
+
+
+def expand_sources(specs: list[SourceSpec]) -> list[Source]:
+    """Each configured input; a plain folder contributes every supported file (and
+    save_to_disk folder) under it, sorted."""
+    sources: list[Source] = []
+    for spec in specs:
+        if spec.path.startswith(HF_PREFIX):
+            sources.append(Source(spec.path, "hf", spec))
+            continue
+        path = Path(spec.path).expanduser()
+        if path.is_dir():
+            if _is_dataset_folder(path):
+                sources.append(Source(str(path), "datasets", spec))
+                continue
+            found = _scan(path)
+            if not found:
+                raise IngestError(f"{path}: folder has no {', '.join(FILE_SUFFIXES)} files or datasets save_to_disk folders")
+            sources.extend(Source(str(p), kind, spec) for p, kind in found)
+        elif path.is_file():
+            if path.suffix.lower() not in FILE_SUFFIXES:
+                raise IngestError(f"{path}: unsupported file type '{path.suffix}'; use one of {', '.join(FILE_SUFFIXES)}, a save_to_disk folder or hf:NAME")
+            sources.append(Source(str(path), path.suffix.lower().lstrip("."), spec))
+        else:
+            raise IngestError(f"{path}: no such file or folder (data.sources)")
+    return sources
+
+
+def _scan(folder: Path) -> list[tuple[Path, str]]:
+    found: list[tuple[Path, str]] = []
+    for child in sorted(folder.iterdir()):
+        if child.name.startswith("."):
+            continue
+        if child.is_dir():
+            found.extend([(child, "datasets")] if _is_dataset_folder(child) else _scan(child))
+        elif child.suffix.lower() in FILE_SUFFIXES:
+            found.append((child, child.suffix.lower().lstrip(".")))
+    return found
+
+
+# Fingerprints ---------------------------------------------------------------------------
+
+_file_hashes: dict[tuple[str, int, int], str] = {}
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) within the process."""
+    key = _file_key(path)
+    if key not in _file_hashes:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+        _file_hashes[key] = digest.hexdigest()
+    return _file_hashes[key]
+
+
+def source_fingerprint(source: Source) -> str | None:
+    """What identifies a source's content: a file's sha256, a folder's file hashes, or a hub
+    dataset pinned to a revision (None: an unpinned hub dataset can change under us)."""
+    if source.kind == "hf":
+        spec = source.spec
+        return f"{spec.path}:{spec.config}@{spec.revision}" if spec.revision else None
+    path = source.path
+    if source.kind == "datasets":
+        digest = hashlib.sha256()
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(f"{file.relative_to(path).as_posix()}={file_sha256(file)}\n".encode())
+        return digest.hexdigest()
+    return file_sha256(path)
+
+
+# JSON lines -----------------------------------------------------------------------------
+
+
+def parse_json_line(raw: bytes) -> dict[str, Any] | RowError:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            return RowError(f"invalid UTF-8 at byte {bad.start}", "invalid_utf8")
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as bad:
+            return RowError(f"invalid JSON: {bad.msg} at column {bad.colno}", "invalid_json")
+        return RowError(f"invalid JSON: {exc}", "invalid_json")  # e.g. NaN or a lone surrogate
+    if not isinstance(value, dict):
+        return RowError(f"expected a JSON object, got {type_name(pa.infer_type([value]))}", "not_an_object")
+    return value
+
+
+def _line_locations(numbers: np.ndarray) -> pa.Array:
+    return pc.binary_join_element_wise("line ", pa.array(numbers).cast(pa.string()), "")
+
+
+def _temporal(kind: pa.DataType) -> bool:
+    if pa.types.is_temporal(kind):
+        return True
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _temporal(kind.value_type)
+    if pa.types.is_struct(kind):
+        return any(_temporal(f.type) for f in kind)
+    return False
+
+
+def _faithful(table: pa.Table) -> bool:
+    """Whether Arrow's JSON reader kept what a JSON parser would: it passes invalid UTF-8
+    through, turns ISO date strings into timestamps and accepts NaN, none of which we may
+    do silently."""
+    try:
+        table.validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    for column in table.columns:
+        if _temporal(column.type):
+            return False
+        if pa.types.is_floating(column.type) and pc.any(pc.invert(pc.is_finite(column))).as_py():
+            return False
+    return True
+
+
+def _rows_batch(rows: list[dict[str, Any]], locations: list[str], failures: list[tuple[str, RowError, Any]]) -> RawBatch:
+    """Python rows -> a RawBatch (tables of type-compatible rows, in chunk order)."""
+    tables, failed = tables_from_rows(rows)
+    failures = failures + [(locations[i], error, rows[i]) for i, error in sorted(failed.items())]
+    order = np.sort(np.concatenate([p for _, p in tables])).tolist() if tables else []
+    return RawBatch(
+        [t for t, _ in tables],
+        pa.array([locations[i] for i in order], pa.string()),
+        lambda i: rows[order[i]],
+        failures,
+        positions=[p for _, p in tables] if len(tables) > 1 else None,
+    )
+
+
+BYTES_PER_ROW = 512  # JSONL is read in blocks of about batch_size rows of this size
+
+
+def _jsonl_block(block: memoryview, first_line: int, count: int) -> Iterator[RawBatch]:
+    """Parse ``count`` whole lines with Arrow's JSON reader; lines it cannot take as they are
+    (bad JSON, types that differ between rows) go through the line parser."""
+    bounds: list[np.ndarray] = []
+
+    def line(i: int) -> bytes:
+        """Line i of the block, found without splitting the block into a million objects."""
+        if not bounds:
+            newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
+            bounds.append(np.concatenate([[0], newlines + 1]))
+            bounds.append(np.concatenate([newlines, [len(block)]]))
+        return bytes(block[bounds[0][i]: bounds[1][i]])
+
+    try:
+        table = pa_json.read_json(pa.BufferReader(pa.py_buffer(block)), read_options=pa_json.ReadOptions(block_size=max(1 << 20, len(block) // 4)))
+        numbers = np.arange(first_line, first_line + count)
+        if table.num_rows != count:  # Arrow skips blank lines: number the others
+            numbers = np.array([first_line + i for i in range(count) if line(i).strip()], dtype=np.int64)
+        if not len(numbers):
+            return
+        if table.num_rows == len(numbers) and _faithful(table):
+            positions = numbers - first_line
+            yield RawBatch([table], _line_locations(numbers), lambda i: orjson.loads(line(positions[i])))
+            return
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError):
+        pass  # a bad line, or types that differ between rows: parse line by line below
+    rows, locations, failures = [], [], []
+    for number, text in enumerate(bytes(block).split(b"\n")[:count], start=first_line):
+        if not text.strip():
+            continue
+        parsed = parse_json_line(text)
+        if isinstance(parsed, RowError):
+            failures.append((f"line {number}", parsed, text.decode("utf-8", "replace").rstrip("\r")))
+        else:
+            rows.append(parsed)
+            locations.append(f"line {number}")
+    if rows or failures:
+        yield _rows_batch(rows, locations, failures)
+
+
+def _jsonl(source: Source, batch_size: int) -> Iterator[RawBatch]:
+    size = max(1 << 20, batch_size * BYTES_PER_ROW)
+    key = _file_key(source.path)
+    digest = hashlib.sha256()  # the manifest's file hash, without a second pass over the file
+    with source.path.open("rb") as handle:
+        first_line, pending = 1, b""
+        while True:
+            chunk = handle.read(size)
+            digest.update(chunk)
+            data = pending + chunk if pending else chunk
+            if not data:
+                if _file_key(source.path) == key:
+                    _file_hashes[key] = digest.hexdigest()
+                return
+            end = data.rfind(b"\n") + 1 if chunk else len(data)
+            if not end:  # one line longer than a block: read on
+                pending = data
+                continue
+            start = len(BOM) if first_line == 1 and data.startswith(BOM) else 0
+            count = data.count(b"\n", start, end) + (not data.endswith(b"\n", start, end))
+            # Whole lines, without their final newline: a view, not a copy.
+            yield from _jsonl_block(memoryview(data)[start: end - 1 if data.endswith(b"\n", start, end) else end], first_line, count)
+            first_line += count
+            pending = data[end:]
+
+
+# JSON documents (plain lists, SQuAD and HEAD-QA nested files) -----------------------------
+
+
+def _load_document(path: Path) -> Any:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise IngestError(f"{path}: not valid UTF-8 (byte {exc.start}); save it as UTF-8") from exc
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise IngestError(f"{path}: line {exc.lineno}, column {exc.colno}: invalid JSON ({exc.msg})") from exc
+
+
+Located = tuple[str, "dict[str, Any] | RowError"]
+
+
+def _squad_rows(document: dict[str, Any]) -> Iterator[Located]:
+    """SQuAD v1.1/v2.0 data[].paragraphs[].qas[] -> one flat HF-style row per question."""
+    for i, article in enumerate(document["data"]):
+        where = f"data[{i}]"
+        if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
+            yield where, RowError(f"{where} must be an object with a 'paragraphs' list", "invalid_value")
+            continue
+        for j, paragraph in enumerate(article["paragraphs"]):
+            where = f"data[{i}].paragraphs[{j}]"
+            if not isinstance(paragraph, dict) or not isinstance(paragraph.get("qas"), list):
+                yield where, RowError(f"{where} must be an object with 'context' and a 'qas' list", "invalid_value")
+                continue
+            for k, qa in enumerate(paragraph["qas"]):
+                where = f"data[{i}].paragraphs[{j}].qas[{k}]"
+                if not isinstance(qa, dict):
+                    yield where, RowError("expected a JSON object", "not_an_object")
+                    continue
+                row = {"title": article.get("title"), "context": paragraph.get("context"), **qa}
+                answers = qa.get("answers")
+                if isinstance(answers, list) and all(isinstance(a, dict) for a in answers):
+                    row["answers"] = {"text": [a.get("text") for a in answers], "answer_start": [a.get("answer_start") for a in answers]}
+                if isinstance(qa.get("plausible_answers"), list):
+                    row["plausible_answers"] = [a.get("text") if isinstance(a, dict) else a for a in qa["plausible_answers"]]
+                yield where, row
+
+
+def _head_qa_rows(document: dict[str, Any]) -> Iterator[Located]:
+    """HEAD-QA {"exams": {key: {name, year, category, data: [...]}}} -> one flat row per question."""
+    shared = {k: v for k, v in document.items() if k in ("language", "version")}
+    for key, exam in document["exams"].items():
+        where = f"exams.{key}"
+        if not isinstance(exam, dict) or not isinstance(exam.get("data"), list):
+            yield where, RowError(f"{where} must be an object with a 'data' list of questions", "invalid_value")
+            continue
+        about = {"name": exam.get("name", key), "year": exam.get("year"), "category": exam.get("category")}
+        for i, question in enumerate(exam["data"]):
+            location = f"{where}.data[{i}]"
+            if isinstance(question, dict):
+                yield location, {**shared, **about, **question}
+            else:
+                yield location, RowError("expected a JSON object", "not_an_object")
+
+
+def _document_rows(path: Path, document: Any) -> Iterator[Located]:
+    if isinstance(document, dict) and isinstance(document.get("exams"), dict):
+        yield from _head_qa_rows(document)
+    elif isinstance(document, dict) and isinstance(document.get("data"), list) and any(
+        isinstance(item, dict) and "paragraphs" in item for item in document["data"][:10]
+    ):
+        yield from _squad_rows(document)
+    elif isinstance(document, dict) and isinstance(document.get("data"), list):
+        for index, item in enumerate(document["data"]):
+            yield f"data[{index}]", item if isinstance(item, dict) else RowError(f"expected a JSON object, got {type(item).__name__}", "not_an_object")
+    elif isinstance(document, list):
+        for index, item in enumerate(document):
+            yield f"[{index}]", item if isinstance(item, dict) else RowError(f"expected a JSON object, got {type(item).__name__}", "not_an_object")
+    else:
+        raise IngestError(
+            f"{path}: expected a JSON list of rows, an object with a 'data' list (SQuAD: data[].paragraphs[].qas[]), "
+            "or a HEAD-QA object with 'exams'"
+        )
+
+
+def _python_batches(located: Iterator[tuple[str, Any]], batch_size: int) -> Iterator[RawBatch]:
+    while chunk := list(islice(located, batch_size)):
+        rows, locations, failures = [], [], []
+        for location, value in chunk:
+            if isinstance(value, RowError):
+                failures.append((location, value, None))
+            else:
+                rows.append(value)
+                locations.append(location)
+        yield _rows_batch(rows, locations, failures)
+
+
+def _json(source: Source, batch_size: int) -> Iterator[RawBatch]:
+    yield from _python_batches(_document_rows(source.path, _load_document(source.path)), batch_size)
+
+
+# CSV ------------------------------------------------------------------------------------
+
+
+def _csv_value(value: str) -> Any:
+    """CSV cells holding JSON lists/objects (messages, choices) are decoded; other cells stay text."""
+    stripped = value.strip()
+    if stripped[:1] in ("[", "{"):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    handle = io.TextIOWrapper(path.open("rb"), encoding="utf-8-sig", errors="strict", newline="")
+    reader = csv.DictReader(handle)
+    try:
+        for row in reader:
+            location = f"line {reader.line_num}"
+            if None in row:
+                yield location, RowError(f"more fields than the {len(reader.fieldnames or [])} columns in the header", "invalid_value")
+                continue
+            yield location, {k: _csv_value(v) for k, v in row.items() if v is not None}
+    except UnicodeDecodeError as exc:
+        raise IngestError(f"{path}: not valid UTF-8 after line {reader.line_num} ({exc.reason}); save it as UTF-8") from exc
+    finally:
+        handle.close()
+
+
+def _csv(source: Source, batch_size: int) -> Iterator[RawBatch]:
+    yield from _python_batches(_csv_rows(source.path), batch_size)
+
+
+# Arrow containers: Parquet, save_to_disk folders, hub datasets ---------------------------
+
+
+def _table_batches(table_batches: Iterator[pa.Table], prefix: str) -> Iterator[RawBatch]:
+    start = 0
+    for table in table_batches:
+        numbers = pa.array(np.arange(start, start + table.num_rows)).cast(pa.string())
+        yield RawBatch(
+            [table],
+            pc.binary_join_element_wise(f"{prefix}row ", numbers, ""),
+            lambda i, table=table: {k: v for k, v in table.slice(i, 1).to_pylist()[0].items() if v is not None},
+        )
+        start += table.num_rows
+
+
+def _parquet(source: Source, batch_size: int) -> Iterator[RawBatch]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(source.path)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise IngestError(f"{source.path}: not a readable Parquet file ({exc})") from exc
+    yield from _table_batches((pa.Table.from_batches([b]) for b in parquet.iter_batches(batch_size=batch_size)), "")
+
+
+def _dataset_splits(loaded: Any, source: Source) -> Iterator[tuple[str, Any]]:
+    import datasets
+
+    if isinstance(loaded, datasets.Dataset):
+        yield "", loaded
+        return
+    wanted = source.spec.splits or list(loaded)
+    missing = [s for s in wanted if s not in loaded]
+    if missing:
+        raise IngestError(f"{source.name}: no split {', '.join(map(repr, missing))}; it has {', '.join(loaded)}")
+    for split in wanted:
+        yield f"{split} ", loaded[split]
+
+
+def _arrow_dataset(source: Source, loaded: Any, batch_size: int) -> Iterator[RawBatch]:
+    for prefix, dataset in _dataset_splits(loaded, source):
+        yield from _table_batches(dataset.with_format("arrow").iter(batch_size=batch_size), prefix)
+
+
+def _datasets_folder(source: Source, batch_size: int) -> Iterator[RawBatch]:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(source.name)
+    except Exception as exc:  # datasets raises several types for damaged folders
+        raise IngestError(f"{source.name}: not a readable datasets save_to_disk folder ({exc})") from exc
+    yield from _arrow_dataset(source, loaded, batch_size)
+
+
+def load_hub_dataset(source: Source) -> Any:
+    import datasets
+
+    name = source.name[len(HF_PREFIX):]
+    spec = source.spec
+    try:
+        return datasets.load_dataset(name, spec.config, revision=spec.revision)
+    except Exception as exc:  # network, authentication, missing dataset or config
+        config = f" (config {spec.config!r})" if spec.config else ""
+        raise IngestError(
+            f"{source.name}: cannot load the Hugging Face dataset {name!r}{config}: {type(exc).__name__}: {exc}. "
+            "Check the name and that huggingface.co is reachable (HF_TOKEN for gated datasets); without network, "
+            "load it where the hub is reachable, call save_to_disk, and use that folder as the source."
+        ) from exc
+
+
+def _hub(source: Source, batch_size: int) -> Iterator[RawBatch]:
+    yield from _arrow_dataset(source, load_hub_dataset(source), batch_size)
+
+
+_READERS: dict[str, Callable[[Source, int], Iterator[RawBatch]]] = {
+    "jsonl": _jsonl,
+    "json": _json,
+    "csv": _csv,
+    "parquet": _parquet,
+    "datasets": _datasets_folder,
+    "hf": _hub,
+}
+
+
+def read_batches(source: Source, batch_size: int) -> Iterator[RawBatch]:
+    return _READERS[source.kind](source, batch_size)

@@ -1,0 +1,23 @@
+"""The ingest benchmark runs end to end on a small size (its timings are not asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).parents[1] / "bench" / "ingest.py"
+
+
+def test_ingest_benchmark_prints_rates_memory_and_the_baseline_ratio(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--rows", "3000", "--folder", str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "datasets.load_dataset('json')" in out and "fragua ingest, exact dedupe" in out and "fragua ingest, + near-dedupe" in out
+    assert "x the baseline's time" in out and "rows/s" in out and "RSS MB" in out and "load average" in out
+    assert sorted(p.name for p in (tmp_path / "data").glob("*.jsonl")) == sorted(
+        ["alpaca.jsonl", "broken.jsonl", "chat.jsonl", "head_qa.jsonl", "multiple_choice.jsonl", "prompt_completion.jsonl", "sharegpt.jsonl", "squad.jsonl"]
+    )
