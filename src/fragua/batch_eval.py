@@ -10,17 +10,18 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from pydantic import BaseModel, Field
 
 from .evaluation import EvalItem, ItemResult, MetricSet, score_items, summarize
 from .inference import ModelChoice, load_model
-from .ingest import IngestError, expand_sources, read_rows
-from .records import ADAPTERS, CHOICE_LETTERS, Message, RowError, answer_index, detect_format, format_choices
+from .sources import IngestError, Source, expand_sources, read_batches
+from .records import CHOICE_LETTERS, Message, RowError, adapt_row, answer_index, detect_format, format_choices
 from .settings import Settings, SourceSpec
 
 MAX_LISTED_ERRORS = 20
+QUESTION_BATCH_ROWS = 4096
 
 
 class BatchResult(BaseModel):
@@ -55,7 +56,7 @@ def question_item(row: dict[str, Any], default_id: str) -> EvalItem:
     ident = str(row.get("id", default_id))
     fmt = detect_format(row)
     if fmt is not None:
-        draft = ADAPTERS[fmt](row)
+        draft = adapt_row(row, fmt)
         correct = answer_index(draft.answer, len(draft.choices)) if draft.choices else None
         return EvalItem(
             id=ident, domain=_domain(row), prompt=tuple(draft.messages[:-1]), reference=draft.messages[-1].content,
@@ -79,21 +80,35 @@ def question_item(row: dict[str, Any], default_id: str) -> EvalItem:
     )
 
 
+def _located_rows(source: Source) -> Iterator[tuple[str, dict[str, Any] | RowError]]:
+    """Every row of a source with its location, in file order, as ingest reads it."""
+    for batch in read_batches(source, QUESTION_BATCH_ROWS):
+        for location, error, _ in batch.failures:
+            yield location, error
+        locations = batch.locations.to_pylist() if batch.locations is not None else []
+        for index, table in enumerate(batch.tables):
+            positions = batch.positions[index] if batch.positions is not None else range(table.num_rows)
+            for position, row in zip(positions, table.to_pylist()):
+                # Arrow fills a column some rows lack with nulls; those keys were never given.
+                yield locations[int(position)], {key: value for key, value in row.items() if value is not None}
+
+
 def read_questions(path: Path) -> list[EvalItem]:
     """Every row of a question file (or folder of them); any unusable row stops with all reasons listed."""
     items: list[EvalItem] = []
     errors: list[str] = []
-    for file, _ in expand_sources([SourceSpec(path=str(path))]):
-        rows = list(read_rows(file))
-        if not rows:
-            raise IngestError(f"{file}: the file has no rows")
-        for row in rows:
+    for source in expand_sources([SourceSpec(path=str(path))]):
+        rows = 0
+        for location, value in _located_rows(source):
+            rows += 1
             try:
-                if isinstance(row.value, RowError):
-                    raise row.value
-                items.append(question_item(row.value, f"{file.name}:{row.location}"))
+                if isinstance(value, RowError):
+                    raise value
+                items.append(question_item(value, f"{source.path.name}:{location}"))
             except RowError as exc:
-                errors.append(f"{file} {row.location}: {exc}")
+                errors.append(f"{source.name} {location}: {exc}")
+        if not rows:
+            raise IngestError(f"{source.name}: the file has no rows")
     if errors:
         listed = errors[:MAX_LISTED_ERRORS]
         more = f"\n  … and {len(errors) - len(listed)} more" if len(errors) > len(listed) else ""
