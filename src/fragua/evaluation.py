@@ -202,8 +202,12 @@ def option_logprobs(model: Any, tokenizer: Any, items: Sequence[EvalItem], max_l
     return result
 
 
-def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[Message]], max_new_tokens: int, batch_size: int, max_length: int) -> list[str]:
-    """Greedy answers to each prompt (left-padded batches, sorted by length)."""
+def generate_answers(
+    model: Any, tokenizer: Any, prompts: Sequence[Sequence[Message]], max_new_tokens: int, batch_size: int, max_length: int,
+    *, sampling: dict[str, Any] | None = None,
+) -> list[str]:
+    """Answers to each prompt (left-padded batches, sorted by length): greedy, or with the
+    ``sampling`` arguments of ``generate`` (do_sample, temperature, top_k, top_p)."""
     import torch
 
     device = next(model.parameters()).device
@@ -226,7 +230,7 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[Mess
                 output = model.generate(
                     **batch,
                     max_new_tokens=max_new_tokens,
-                    do_sample=False,
+                    **(sampling or {"do_sample": False}),
                     eos_token_id=stop_token_ids(tokenizer),
                     pad_token_id=tokenizer.pad_token_id,
                 )

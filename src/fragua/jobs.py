@@ -133,23 +133,50 @@ def ingest_sources(settings: Settings) -> DatasetManifest:
     return ingest(settings.data, store=open_dataset_store(settings), tokenizer_file=stats_tokenizer(settings), ingest_key=ingest_inputs_key(settings))
 
 
+def expansion_generator(settings: Settings) -> tuple[Any, str]:
+    """The text generator of the model-based expansion strategies and a label for the report:
+    expand.generation.model (a registry version, a local folder or a hub id), else the
+    production version, else the base model while nothing is deployed."""
+    from .generation import TextGenerator
+    from .inference import ModelChoice, load_model, resolve_model
+
+    wanted = settings.expand.generation.model
+    if wanted is None:
+        try:
+            choice = resolve_model(settings)
+        except RegistryError:
+            base = ensure_base_model(settings)
+            choice = ModelChoice(label=f"base model {base} (no production version yet)", folder=base)
+    elif Path(wanted).expanduser().is_dir():
+        choice = resolve_model(settings, path=wanted)
+    else:
+        try:
+            choice = resolve_model(settings, version=wanted)
+        except RegistryError:
+            choice = ModelChoice(label=wanted, folder=wanted)  # a hub id; loading says so if it is none
+    return TextGenerator(load_model(settings, choice), settings.expand.generation), choice.label
+
+
 def expand_dataset(settings: Settings, dataset_id: str) -> DatasetManifest:
-    """A child dataset version whose train split is augmented; validation copied unchanged."""
+    """A child dataset version whose train split is expanded; validation and test copied unchanged.
+    With expand.expansion_factor 1.0 the version itself is returned."""
     store = open_dataset_store(settings)
     parent = store.find(dataset_id)
-    train_records = dataset_store.load_records(parent, "train")
-    expanded, report = expand_train(train_records, settings.expand)
-    if len(expanded) == len(train_records):
+    if settings.expand.expansion_factor <= 1.0:
         return parent
+    train_records = dataset_store.load_records(parent, "train")
     held_out = dataset_store.load_records(parent, "validation") + dataset_store.load_records(parent, "test")
+    generator, label = expansion_generator(settings) if settings.expand.model_strategies else (None, None)
+    expansion = expand_train(train_records, settings.expand, settings.data, held_out=held_out, generator=generator, generator_label=label)
+    logger.info("expanded %s: %s", parent.id, {k: expansion.report[k] for k in ("train_before", "train_after", "achieved_factor")})
     return dataset_store.write_dataset_version(
         store,
-        expanded + held_out,
-        quarantine=[],
+        expansion.records + held_out,
+        quarantine=expansion.rejected,
         sources=parent.sources,
         settings={**parent.settings, "expand": settings.expand.model_dump(mode="json")},
         parent=parent.id,
-        report={"expansion": report},
+        report={"expansion": expansion.report},
     )
 
 

@@ -186,25 +186,47 @@ class NearDuplicates:
             return [" ".join(words).encode()] if words else []
         return [" ".join(words[i: i + self.ngram]).encode() for i in range(len(words) - self.ngram + 1)]
 
-    def check(self, text: str, record_id: str) -> tuple[str, float] | None:
-        """(id of the earlier row, estimated similarity) if ``text`` nearly repeats one; else index it."""
+    def _minhash(self, text: str):
         shingles = self.shingles(text)
         if not shingles:
             return None
         minhash = self._template.copy()
         minhash.update_batch(shingles)
+        return minhash
+
+    def _best(self, minhash) -> tuple[str, float] | None:
         signature = minhash.hashvalues
         best: tuple[float, int] | None = None
         for key in self._index.query(minhash):
             similarity = float(np.mean(self._signatures[key] == signature))
             if similarity >= self.threshold and (best is None or (similarity, -key) > (best[0], -best[1])):
                 best = (similarity, key)
-        if best is not None:
-            return self._ids[best[1]], best[0]
+        return (self._ids[best[1]], best[0]) if best is not None else None
+
+    def _insert(self, minhash, record_id: str) -> None:
         key = len(self._ids)
         self._index.insert(key, minhash, check_duplication=False)
         if key == len(self._signatures):
             self._signatures = np.concatenate([self._signatures, np.empty_like(self._signatures)])
-        self._signatures[key] = signature
+        self._signatures[key] = minhash.hashvalues
         self._ids.append(record_id)
+
+    def check(self, text: str, record_id: str) -> tuple[str, float] | None:
+        """(id of the earlier row, estimated similarity) if ``text`` nearly repeats one; else index it."""
+        minhash = self._minhash(text)
+        if minhash is None:
+            return None
+        if (match := self._best(minhash)) is not None:
+            return match
+        self._insert(minhash, record_id)
         return None
+
+    def nearest(self, text: str) -> tuple[str, float] | None:
+        """Like :meth:`check`, without indexing ``text``: a lookup against a fixed reference set."""
+        minhash = self._minhash(text)
+        return self._best(minhash) if minhash is not None else None
+
+    def add(self, text: str, record_id: str) -> None:
+        """Index ``text`` whether or not it nearly repeats an indexed row (building a reference set)."""
+        if (minhash := self._minhash(text)) is not None:
+            self._insert(minhash, record_id)

@@ -195,17 +195,80 @@ class DataSettings(Section):
         return self.model_dump(mode="json", exclude={"domains", "batch_size"})
 
 
+ExpandStrategy = Literal[
+    "mcq_permutation", "reformulation", "answer_format", "squad_context", "squad_closed_book", "turn_split", "paraphrase", "self_instruct"
+]
+# Strategies that need a causal LM (expand.generation) to write new text.
+MODEL_STRATEGIES = ("paraphrase", "self_instruct")
+
+
+class ExpandGenerationSettings(Section):
+    """The causal LM that writes paraphrases and self-instruct examples, and how it samples."""
+
+    model: str | None = Field(
+        None,
+        description=(
+            "A registry version (e.g. fragua-tiny-v2), a local model folder (adapter or full model) or a hub id; "
+            "None uses the version 'production' points to, or the base model while nothing is deployed."
+        ),
+    )
+    do_sample: bool = Field(True, description="Sample tokens; off, decode greedily (the same prompt then always gives the same text).")
+    temperature: float = Field(0.8, gt=0.0, le=5.0, description="Sampling temperature: higher gives more varied (and more often rejected) text.")
+    top_k: int = Field(50, ge=0, le=100_000, description="Sample only among the k most likely tokens; 0 disables the cut.")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling: smallest token set whose probability reaches top_p; 1.0 disables it.")
+    max_new_tokens: int = Field(96, ge=4, le=4096, description="Longest generated text, in tokens (a self-instruct example needs room for question and answer).")
+    batch_size: int = Field(16, ge=1, le=1024, description="Prompts generated together; lower it when memory runs out.")
+    attempts_per_row: float = Field(
+        2.0, ge=1.0, le=20.0,
+        description="Generations allowed per wanted row: rows rejected by the quality, duplicate or leakage checks are replaced up to this budget.",
+    )
+
+
 class ExpandSettings(Section):
     """Augmentation of the train split only (the validation split is never expanded)."""
 
     expansion_factor: float = Field(
         1.0, ge=1.0, le=20.0, description="Target size of the expanded train split relative to the original; 1.0 disables expansion."
     )
-    strategies: list[Literal["mcq_permutation"]] = Field(
-        default_factory=lambda: ["mcq_permutation"],
-        description="Enabled strategies. mcq_permutation shuffles multiple-choice options and remaps the answer letter.",
+    strategies: list[ExpandStrategy] = Field(
+        default_factory=lambda: ["mcq_permutation", "reformulation", "answer_format", "squad_context", "squad_closed_book", "turn_split"],
+        min_length=1,
+        description=(
+            "Enabled strategies: mcq_permutation (options shuffled, answer letter remapped), reformulation (English/Spanish "
+            "question templates), answer_format (letter only / option text / one sentence / with explanation), squad_context "
+            "(SQuAD question and context in other layouts), squad_closed_book (SQuAD question without its context), "
+            "turn_split (each turn of a multi-turn conversation as its own example), paraphrase and self_instruct "
+            "(written by the expand.generation model)."
+        ),
+    )
+    weights: dict[ExpandStrategy, Annotated[float, Field(gt=0.0, le=1000.0)]] = Field(
+        default_factory=dict,
+        description="Share of the added rows per strategy, relative (e.g. {mcq_permutation = 3, reformulation = 1}); unlisted enabled strategies weigh 1.",
     )
     seed: int = Field(17, ge=0, description="Seed of the augmentation; the same seed gives the same expanded dataset.")
+    leakage_threshold: float = Field(
+        0.7, ge=0.3, le=1.0,
+        description=(
+            "A train row whose question has this estimated word-set Jaccard similarity (MinHash, 128 permutations) to a "
+            "validation or test question is not expanded, and a generated row that close to one is rejected."
+        ),
+    )
+    generation: ExpandGenerationSettings = Field(
+        default_factory=ExpandGenerationSettings, description="Model and sampling of the paraphrase and self_instruct strategies."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExpandSettings:
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ValueError(f"expand.strategies lists a strategy twice: {self.strategies}")
+        unused = sorted(set(self.weights) - set(self.strategies))
+        if unused:
+            raise ValueError(f"expand.weights names {', '.join(unused)}, which expand.strategies does not enable; add it there or drop its weight")
+        return self
+
+    @property
+    def model_strategies(self) -> list[str]:
+        return [s for s in self.strategies if s in MODEL_STRATEGIES]
 
 
 class LoraSettings(Section):
