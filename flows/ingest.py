@@ -4,6 +4,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from fragua.dataset_store import DatasetManifest, load_stats
+from fragua.expand_report import domain_rows, expansion_summary
 from fragua.report import dataset_rows, dataset_summary
 from fragua.settings import Settings
 from tasks.data import expand_task, ingest_task
@@ -27,5 +28,7 @@ def expand_flow(settings: Settings | None = None, dataset_id: str | None = None)
     if dataset_id is None:
         dataset_id = ingest_task(settings).id
     manifest = expand_task(settings, dataset_id)
-    create_markdown_artifact(dataset_summary(manifest), key="dataset-expanded", description=f"Expanded dataset {manifest.id}")
+    create_markdown_artifact(expansion_summary(manifest), key="dataset-expanded", description=f"Expanded dataset {manifest.id}")
+    if report := manifest.report.get("expansion"):
+        create_table_artifact(domain_rows(report), key="dataset-expansion", description=f"Train rows per domain before/after, added per strategy, {manifest.id}")
     return manifest

@@ -35,5 +35,13 @@ def ingest_task(settings: Settings) -> DatasetManifest:
 @task(name="expand-train-split", retries=1, retry_delay_seconds=2, retry_condition_fn=transient_only, cache_policy=NO_CACHE)
 def expand_task(settings: Settings, dataset_id: str) -> DatasetManifest:
     manifest = jobs.expand_dataset(settings, dataset_id)
-    get_run_logger().info("dataset %s -> %s: %s", dataset_id, manifest.id, manifest.report.get("expansion", "unchanged"))
+    report = manifest.report.get("expansion")
+    if report is None:
+        get_run_logger().info("dataset %s unchanged (expand.expansion_factor is 1.0)", dataset_id)
+    else:
+        get_run_logger().info(
+            "dataset %s -> %s: train %d -> %d (factor %s of %s), added per strategy %s",
+            dataset_id, manifest.id, report["train_before"], report["train_after"], report["achieved_factor"], report["target_factor"],
+            {name: tally["added"] for name, tally in report["strategies"].items()},
+        )
     return manifest

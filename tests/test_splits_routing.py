@@ -98,7 +98,7 @@ def test_adding_a_test_split_takes_rows_from_train_only(tmp_path):
 def test_split_happens_before_expansion_and_permutations_stay_in_train(tmp_path):
     manifest = ingest(DataSettings(sources=[{"path": str(EXAMPLES / "batch2" / "mcq.jsonl")}], validation_fraction=0.3), tmp_path)
     held_out = {r.id for r in load_records(manifest, "validation")}
-    expanded, _ = expand_train(load_records(manifest, "train"), ExpandSettings(expansion_factor=4.0))
+    expanded = expand_train(load_records(manifest, "train"), ExpandSettings(expansion_factor=4.0), held_out=load_records(manifest, "validation")).records
     added = [r for r in expanded if r.origin == "mcq_permutation"]
     assert added and all(r.split == "train" and r.meta["parent_id"] not in held_out for r in added)
 

@@ -184,6 +184,38 @@ def expand(ctx: typer.Context, dataset: Optional[str] = typer.Option(None, help=
     settings = load_settings(ctx)
     manifest = run_step(lambda: expand_flow(settings, dataset))
     _print_dataset(manifest)
+    _print_expansion(manifest)
+
+
+def _rows_table(title: str, rows: list[dict[str, Any]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in rows[0]:
+        table.add_column(column, overflow="fold", justify="right" if isinstance(rows[0][column], (int, float)) else "left")
+    for row in rows:
+        table.add_row(*[str(v) for v in row.values()])
+    return table
+
+
+def _print_expansion(manifest: Any) -> None:
+    """Before/after counts per strategy and domain, the leakage guard, an example of each strategy."""
+    from .expand_report import domain_rows, example_rows, strategy_rows
+
+    report = manifest.report.get("expansion")
+    if not report:
+        console.print("not expanded: expand.expansion_factor is 1.0 (e.g. --set expand.expansion_factor=2)")
+        return
+    console.print(_rows_table(f"Expansion of {manifest.parent}: train {report['train_before']} -> {report['train_after']}, "
+                              f"factor {report['achieved_factor']} of {report['target_factor']}", strategy_rows(report)))
+    console.print(_rows_table("Train rows per domain", domain_rows(report)))
+    if examples := example_rows(report):
+        console.print(_rows_table("Examples", examples))
+    leakage = report["leakage"]
+    console.print(_kv_table("Held-out guard", [
+        ("validation/test records", leakage["held_out_records"]), ("train rows not expanded", leakage["train_rows_not_expanded"]),
+        ("generated rows rejected as leaks", leakage["rejected"]), ("generator", report["generator"] or "-"),
+    ]))
+    for note in report["notes"]:
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
 
 
 @app.command()

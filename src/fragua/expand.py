@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import partial
@@ -40,6 +41,8 @@ from .textops import ROLE_CODES, conversation_ids, hex_ids, normalise
 Generator = Callable[[Sequence[Sequence[Message]], int], list[str]]
 
 LEAKAGE_NUM_PERM = 128
+LEAKAGE_LSH_MARGIN = 0.25
+_WORDS = re.compile(r"\w+")
 EXAMPLES_PER_STRATEGY = 3
 
 RULES: dict[str, Callable[..., list[Record]]] = {
@@ -70,18 +73,32 @@ class Candidate:
     question: str | None = None  # model-written question, checked against held-out questions
 
 
-def screen(records: Sequence[Record], data: DataSettings) -> tuple[list[str], RowErrors]:
-    """Ingest's length and quality checks over records, and their content ids (what dedupe compares)."""
+def _adapted(records: Sequence[Record]) -> Adapted:
+    """Records in the columnar shape ingest's checks work on."""
     counts = [len(r.messages) for r in records]
     offsets = np.zeros(len(records) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
-    adapted = Adapted(
+    return Adapted(
         len(records),
         np.array([ROLE_CODES[m.role] for r in records for m in r.messages], dtype=np.uint8),
         pa.array([m.content for r in records for m in r.messages], pa.string()),
         offsets,
         RowErrors(len(records)),
     )
+
+
+def content_ids(records: Sequence[Record]) -> list[str]:
+    """What exact dedupe compares (ingest's duplicate key), whatever ids the records carry."""
+    if not records:
+        return []
+    adapted = _adapted(records)
+    texts = message_texts(adapted)
+    return hex_ids(conversation_ids(texts.data, texts.offsets, adapted.role_codes, adapted.message_offsets)).to_pylist()
+
+
+def screen(records: Sequence[Record], data: DataSettings) -> tuple[list[str], RowErrors]:
+    """Ingest's length and quality checks over records, and their content ids (what dedupe compares)."""
+    adapted = _adapted(records)
     texts = message_texts(adapted)
     check_lengths(adapted, texts, data)
     if data.quality_threshold > 0:
@@ -95,21 +112,35 @@ class HeldOutGuard:
     of their questions' word sets, to keep copies and rewordings of them out of train."""
 
     def __init__(self, held_out: Sequence[Record], threshold: float) -> None:
-        self.ids = {r.id for r in held_out}
+        self.ids = set(content_ids(held_out))
+        self.threshold = threshold
         self.questions: dict[str, str] = {}
-        self.index = NearDuplicates(threshold, LEAKAGE_NUM_PERM, 1)
+        self.words: dict[str, frozenset[str]] = {}
+        # MinHash estimates of small word sets are noisy and LSH misses some pairs near its
+        # threshold: the index finds candidates well below the threshold and the exact
+        # Jaccard similarity of the word sets decides.
+        self.index = NearDuplicates(max(0.2, threshold - LEAKAGE_LSH_MARGIN), LEAKAGE_NUM_PERM, 1)
         for record in held_out:
             question = bare_question(record)
             self.questions.setdefault(normalise(question), record.id)
+            self.words[record.id] = _word_set(question)
             self.index.add(question.lower(), record.id)
 
     def match(self, question: str) -> str | None:
         """Why ``question`` counts as a held-out question, or None."""
         if (same := self.questions.get(normalise(question))) is not None:
             return f"same question as held-out record {same}"
-        if (near := self.index.nearest(question.lower())) is not None:
-            return f"question resembles held-out record {near[0]} (estimated similarity {near[1]:.2f} >= expand.leakage_threshold={self.index.threshold})"
+        words = _word_set(question)
+        for ident, _ in self.index.similar(question.lower()):
+            theirs = self.words[ident]
+            similarity = len(words & theirs) / len(words | theirs) if words | theirs else 0.0
+            if similarity >= self.threshold:
+                return f"question resembles held-out record {ident} (word-set Jaccard similarity {similarity:.2f} >= expand.leakage_threshold={self.threshold})"
         return None
+
+
+def _word_set(text: str) -> frozenset[str]:
+    return frozenset(_WORDS.findall(text.lower()))
 
 
 @dataclass
@@ -140,7 +171,7 @@ class _Expander:
         self.settings = settings
         self.data = data
         self.guard = guard
-        self.seen = {r.id for r in train}
+        self.seen = set(content_ids(train))
         self.added: list[Record] = []
         self.rejected: list[dict[str, Any]] = []
         self.tallies = {s: StrategyTally(settings.weights.get(s, 1.0)) for s in settings.strategies}

@@ -194,12 +194,20 @@ class NearDuplicates:
         minhash.update_batch(shingles)
         return minhash
 
-    def _best(self, minhash) -> tuple[str, float] | None:
+    def _matches(self, minhash) -> list[tuple[float, int]]:
+        """(estimated similarity, key) of the indexed rows at or above the threshold."""
         signature = minhash.hashvalues
-        best: tuple[float, int] | None = None
+        found = []
         for key in self._index.query(minhash):
             similarity = float(np.mean(self._signatures[key] == signature))
-            if similarity >= self.threshold and (best is None or (similarity, -key) > (best[0], -best[1])):
+            if similarity >= self.threshold:
+                found.append((similarity, key))
+        return found
+
+    def _best(self, minhash) -> tuple[str, float] | None:
+        best: tuple[float, int] | None = None
+        for similarity, key in self._matches(minhash):
+            if best is None or (similarity, -key) > (best[0], -best[1]):
                 best = (similarity, key)
         return (self._ids[best[1]], best[0]) if best is not None else None
 
@@ -225,6 +233,13 @@ class NearDuplicates:
         """Like :meth:`check`, without indexing ``text``: a lookup against a fixed reference set."""
         minhash = self._minhash(text)
         return self._best(minhash) if minhash is not None else None
+
+    def similar(self, text: str) -> list[tuple[str, float]]:
+        """Every indexed row whose estimated similarity to ``text`` reaches the threshold, most similar first."""
+        minhash = self._minhash(text)
+        if minhash is None:
+            return []
+        return [(self._ids[key], similarity) for similarity, key in sorted(self._matches(minhash), key=lambda m: (-m[0], m[1]))]
 
     def add(self, text: str, record_id: str) -> None:
         """Index ``text`` whether or not it nearly repeats an indexed row (building a reference set)."""
