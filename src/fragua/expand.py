@@ -297,7 +297,7 @@ class _ModelProducer:
         tally = self.expander.tallies[self.strategy]
         kept = 0
         while kept < count and budget > 0:
-            size = min(budget, max(count - kept, generation.batch_size))
+            size = min(budget, count - kept)  # the generator batches; asking for more would waste what passes
             parents = [self.order[(self.cursor + i) % len(self.order)] for i in range(size)]
             self.cursor += size
             budget -= size
