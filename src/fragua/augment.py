@@ -169,9 +169,11 @@ def correct_option(record: Record) -> str | None:
 
 def variant(parent: Record, strategy: str, messages: list[Message], *, choices: list[str] | None = None,
             answer: str | None = None, **meta: Any) -> Record:
-    """A record derived from ``parent``: content-addressed id, parent's domain, source, split and group."""
+    """A record derived from ``parent``, with its domain, source, split and group. The id is
+    left empty: the expansion's checks compute content ids for whole batches at once and fill
+    it in (:func:`with_content_id` does it for one record)."""
     return Record(
-        id=record_id(conversation_id([(m.role, m.content) for m in messages])),
+        id="",
         messages=messages,
         choices=choices,
         answer=answer if answer is not None else (None if choices else messages[-1].content),
@@ -181,6 +183,10 @@ def variant(parent: Record, strategy: str, messages: list[Message], *, choices: 
         origin=strategy,
         meta={**parent.meta, **meta, "parent_id": parent.id, "group": parent.group},
     )
+
+
+def with_content_id(record: Record) -> Record:
+    return record.model_copy(update={"id": record_id(conversation_id([(m.role, m.content) for m in record.messages]))})
 
 
 def _sample(options: list[Any], rng: random.Random, limit: int) -> list[Any]:

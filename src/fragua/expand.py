@@ -216,6 +216,7 @@ class _Expander:
                             f"near-duplicate of record {match[0]} (estimated similarity {match[1]:.2f} >= data.near_dedupe_threshold={near.threshold})")
             else:
                 self.seen.add(ident)
+                record.id = ident
                 self.added.append(record)
                 tally.added += 1
                 kept += 1
