@@ -151,6 +151,20 @@ def test_squad_row_level_adapter_options():
         from_squad(row, squad_unanswerable="drop")
 
 
+@pytest.mark.parametrize("answers, message", [
+    ({"text": ["ten"], "answer_start": [500]}, r"answers\[0\]\.answer_start 500 is outside the context \(18 characters\)"),
+    ({"text": ["", "ten"], "answer_start": [0, -1]}, r"answers\[1\]\.answer_start -1 is outside"),
+    ([{"text": "seven", "answer_start": 0}], r"answers\[0\]\.text 'seven' is not at answer_start 0 in the context \(found 'Opens'\)"),
+])
+def test_squad_answer_start_must_point_at_the_answer_in_the_context(answers, message):
+    row = {"context": "Opens at ten sharp", "question": "When?", "answers": answers}
+    with pytest.raises(ValueError, match=message) as caught:
+        from_squad(row)
+    assert caught.value.kind == "answer_not_in_context"
+    assert from_squad({**row, "answers": {"text": ["ten"], "answer_start": [9]}}).answer == "ten"
+    assert from_squad({**row, "answers": {"text": ["ten"]}}).answer == "ten"  # no offset given: nothing to check
+
+
 def test_explicit_format_override_for_a_nested_file(tmp_path):
     result = run({"path": str(FIXTURES / "head_qa_en.json"), "format": "head_qa", "domain": "health"})
     assert {r.domain for r in result.records} == {"health"}  # the source's domain beats the category

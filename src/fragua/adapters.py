@@ -529,21 +529,49 @@ def adapt_head_qa(table: pa.Table, options: AdapterOptions) -> Adapted:
 # SQuAD ----------------------------------------------------------------------------------
 
 
-def _answer_texts(column: pa.Array | None, length: int) -> tuple[pa.ListArray | None, np.ndarray]:
-    """Each row's answer texts: HF rows hold {'text': [...], 'answer_start': [...]}, rows from the
-    nested file a list of {text, answer_start}. Also which rows have an unusable shape."""
+def _answer_texts(column: pa.Array | None, length: int) -> tuple[pa.ListArray | None, pa.Array | None, np.ndarray]:
+    """Each row's answer texts and their ``answer_start`` values (flat, aligned with the texts;
+    None where the rows carry none): HF rows hold {'text': [...], 'answer_start': [...]}, rows
+    from the nested file a list of {text, answer_start}. Also which rows have an unusable shape."""
     if column is None or pa.types.is_null(column.type):
-        return None, np.zeros(length, bool)
+        return None, None, np.zeros(length, bool)
+    starts = None
     if pa.types.is_struct(column.type) and column.type.get_field_index("text") >= 0:
         texts = column.field("text")
+        if column.type.get_field_index("answer_start") >= 0 and pa.types.is_list(column.field("answer_start").type):
+            starts = column.field("answer_start").flatten()
     elif pa.types.is_list(column.type) and pa.types.is_struct(column.type.value_type) and column.type.value_type.get_field_index("text") >= 0:
         counts = pc.fill_null(pc.list_value_length(column), 0).to_numpy()
-        texts = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)), column.flatten().field("text"), mask=column.is_null())
+        items = column.flatten()
+        texts = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)), items.field("text"), mask=column.is_null())
+        if column.type.value_type.get_field_index("answer_start") >= 0:
+            starts = items.field("answer_start")
     else:
-        return None, _mask(column.is_valid())
+        return None, None, _mask(column.is_valid())
     if not (pa.types.is_list(texts.type) and (_is_text(texts.type.value_type) or pa.types.is_null(texts.type.value_type))):
-        return None, _mask(column.is_valid())
-    return texts, np.zeros(length, bool)
+        return None, None, _mask(column.is_valid())
+    if starts is not None and (not pa.types.is_integer(starts.type) or len(starts) != len(texts.flatten())):
+        starts = None  # offsets that are not integers, or not one per text, say nothing we could check
+    return texts, starts, np.zeros(length, bool)
+
+
+def _check_answer_starts(context: pa.StringArray, flat: pa.StringArray, starts: pa.Array, first: np.ndarray,
+                         row_offsets: np.ndarray, errors: RowErrors) -> None:
+    """The answer that becomes the target must sit in the context at its ``answer_start``: a
+    SQuAD row where it does not pairs a question with the wrong paragraph or a shifted label."""
+    for row in np.flatnonzero((first >= 0) & errors.ok).tolist():
+        item = int(first[row])
+        start = starts[item].as_py()
+        if start is None:
+            continue
+        text, passage = flat[item].as_py(), context[row].as_py()
+        where = f"answers[{item - row_offsets[row]}]"
+        if start < 0 or start + len(text) > len(passage):
+            errors.add_row(row, "answer_not_in_context",
+                           f"{where}.answer_start {start} is outside the context ({len(passage)} characters) for an answer of {len(text)}")
+        elif passage[start: start + len(text)] != text:
+            errors.add_row(row, "answer_not_in_context",
+                           f"{where}.text {text!r} is not at answer_start {start} in the context (found {passage[start: start + len(text)]!r})")
 
 
 def adapt_squad(table: pa.Table, options: AdapterOptions) -> Adapted:
@@ -551,7 +579,7 @@ def adapt_squad(table: pa.Table, options: AdapterOptions) -> Adapted:
     errors = RowErrors(length)
     context = _text(table, "context", errors, required=True)
     question = _text(table, "question", errors, required=True)
-    texts, malformed = _answer_texts(_column(table, "answers"), length)
+    texts, starts, malformed = _answer_texts(_column(table, "answers"), length)
     errors.add(malformed, "wrong_type", "field 'answers' must be {text: [...], answer_start: [...]} or a list of {text, answer_start}")
     first = np.full(length, -1, dtype=np.int64)
     flat = pa.array([], pa.string())
@@ -559,6 +587,8 @@ def adapt_squad(table: pa.Table, options: AdapterOptions) -> Adapted:
         counts = pc.fill_null(pc.list_value_length(texts), 0).to_numpy().astype(np.int64)
         flat = as_string_array(texts.flatten()) if _is_text(texts.type.value_type) else pa.array([""] * int(counts.sum()), pa.string())
         first = _first_per_row(_nonempty(flat), np.repeat(np.arange(length), counts), length)
+        if starts is not None:
+            _check_answer_starts(context, flat, starts, first, np.concatenate([[0], np.cumsum(counts)]), errors)
     impossible = _column(table, "is_impossible")
     flagged = _mask(impossible) if impossible is not None and pa.types.is_boolean(impossible.type) else np.zeros(length, bool)
     unanswerable = (flagged | (first < 0)) & ~malformed

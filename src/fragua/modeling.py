@@ -15,6 +15,7 @@ from .chat import ensure_chat_template
 from .settings import TrainSettings
 
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 class ModelLoadError(RuntimeError):
@@ -194,6 +195,9 @@ def load_for_inference(path_or_id: str | Path, settings: TrainSettings, *, base_
     if path.is_dir() and is_adapter(path):
         from peft import PeftModel
 
+        if not (path / ADAPTER_WEIGHTS).is_file():
+            # peft would fall back to adapter_model.bin through torch.load (a pickle)
+            raise ModelLoadError(f"{path}: no {ADAPTER_WEIGHTS}; Fragua loads safetensors weights only (save the adapter with safetensors)")
         base = base_model or json.loads((path / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
         tokenizer = load_tokenizer(str(path), trust_remote_code=settings.trust_remote_code)
         model = load_causal_lm(base, settings)

@@ -404,6 +404,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, Any]]:
     handle = io.TextIOWrapper(path.open("rb"), encoding="utf-8-sig", errors="strict", newline="")
     reader = csv.DictReader(handle)
     try:
+        _check_delimiter(path, reader.fieldnames or [])
         for row in reader:
             location = f"line {reader.line_num}"
             if None in row:
@@ -414,6 +415,17 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, Any]]:
         raise IngestError(f"{path}: not valid UTF-8 after line {reader.line_num} ({exc.reason}); save it as UTF-8") from exc
     finally:
         handle.close()
+
+
+def _check_delimiter(path: Path, header: list[str]) -> None:
+    """A header read as one column that holds another delimiter: the file is not comma-separated.
+    No format has a single column, so saying so at once beats a confusing per-row error."""
+    if len(header) != 1:
+        return
+    found = next((name for mark, name in ((";", "';'"), ("\t", "tabs"), ("|", "'|'")) if mark in header[0]), None)
+    if found:
+        raise IngestError(f"{path}: line 1: the header {header[0]!r} is one column separated by {found}, not commas; "
+                          "save the file comma-separated (or as JSONL)")
 
 
 def _csv(source: Source, batch_size: int) -> Iterator[RawBatch]:
