@@ -594,6 +594,39 @@ def _file_source(settings_cls: type[BaseSettings], path: Path) -> PydanticBaseSe
 warnings.filterwarnings("ignore", message='Field name "validate"', category=UserWarning)
 
 
+class ScaleSettings(Section):
+    """Where per-shard work (ingest's row preparation) runs: threads here, or a Dask / Ray cluster."""
+
+    task_runner: Literal["threads", "dask", "ray"] = Field(
+        "threads",
+        description=(
+            "Prefect task runner of the per-shard tasks: 'threads' (ThreadPoolTaskRunner, this process), 'dask' "
+            "(prefect-dask DaskTaskRunner: a local cluster, or scale.address), 'ray' (prefect-ray RayTaskRunner: "
+            "a local Ray, or scale.address). The dataset version id does not depend on it."
+        ),
+    )
+    address: str | None = Field(
+        None, min_length=1,
+        description="Scheduler of an existing cluster: 'tcp://host:8786' for Dask, 'ray://host:10001' or 'auto' for Ray; None starts a local cluster for the run.",
+    )
+    workers: int = Field(
+        2, ge=1, le=1024, description="Worker threads (threads), worker processes of the local Dask cluster, or CPUs of the local Ray; ignored with an address."
+    )
+    shard_bytes: int = Field(
+        32 << 20, ge=1 << 16, le=1 << 34,
+        description="Target size of one shard: JSONL files are cut at the first line start after every this many bytes, Parquet files between row groups; other inputs are one shard each.",
+    )
+    shards_in_flight: int = Field(
+        4, ge=1, le=4096, description="Shards submitted and not yet merged: bounds the memory of the results waiting to be merged in order."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScaleSettings:
+        if self.task_runner == "threads" and self.address is not None:
+            raise ValueError(f"scale.address ({self.address!r}) needs scale.task_runner 'dask' or 'ray'; threads run in this process")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything a Fragua run needs; the Prefect UI renders it as the flows' parameter form."""
 
@@ -614,6 +647,7 @@ class Settings(BaseSettings):
     tracking: TrackingSettings = Field(default_factory=TrackingSettings, description="Weights & Biases logging.")
     intake: IntakeSettings = Field(default_factory=IntakeSettings, description="Queue of new examples for autotrain.")
     chat: ChatSettings = Field(default_factory=ChatSettings, description="Generation settings of `fragua chat`.")
+    scale: ScaleSettings = Field(default_factory=ScaleSettings, description="Task runner of per-shard work (threads, Dask, Ray).")
 
     @classmethod
     def settings_customise_sources(
