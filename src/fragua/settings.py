@@ -246,6 +246,38 @@ class TinyBaseSettings(Section):
         return self
 
 
+class AccelerateSettings(Section):
+    """Multi-process / multi-GPU training through ``accelerate launch`` with a generated config file."""
+
+    strategy: Literal["torchrun", "ddp", "fsdp", "deepspeed"] = Field(
+        "torchrun",
+        description=(
+            "How train.num_processes > 1 processes are launched: 'torchrun' (plain DDP, no config file), or accelerate with "
+            "'ddp' (DistributedDataParallel), 'fsdp' (parameters, gradients and optimiser state sharded across processes) "
+            "or 'deepspeed' (ZeRO; needs the deepspeed package on GPU machines). On a machine without GPUs 'ddp' runs on CPU (gloo)."
+        ),
+    )
+    zero_stage: Literal[1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage: 1 shards optimiser state, 2 also gradients, 3 also parameters (largest models).")
+    offload: Literal["none", "cpu"] = Field("none", description="DeepSpeed / FSDP: keep optimiser state (and with ZeRO-3 / FSDP parameters) in CPU memory when GPU memory runs out; slower.")
+    fsdp_sharding: Literal["FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"] = Field(
+        "FULL_SHARD", description="FSDP sharding strategy: FULL_SHARD like ZeRO-3, SHARD_GRAD_OP like ZeRO-2, HYBRID_SHARD full within a node and replicated across nodes."
+    )
+    num_machines: int = Field(1, ge=1, le=1024, description="Machines in the job; train.num_processes is per machine.")
+    machine_rank: int = Field(0, ge=0, description="This machine's rank (0 is the main machine).")
+    main_process_ip: str | None = Field(None, min_length=1, description="Address of machine 0 when num_machines > 1.")
+    main_process_port: int = Field(29500, ge=1, le=65535, description="Port of the rendezvous on machine 0.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AccelerateSettings:
+        if self.machine_rank >= self.num_machines:
+            raise ValueError(f"train.accelerate.machine_rank ({self.machine_rank}) must be below train.accelerate.num_machines ({self.num_machines})")
+        if self.num_machines > 1 and self.main_process_ip is None:
+            raise ValueError("train.accelerate.num_machines > 1 needs train.accelerate.main_process_ip (the address of machine 0)")
+        if self.num_machines > 1 and self.strategy == "torchrun":
+            raise ValueError("train.accelerate.num_machines > 1 needs train.accelerate.strategy 'ddp', 'fsdp' or 'deepspeed'")
+        return self
+
+
 class TrainSettings(Section):
     base_model: str | None = Field(
         None,
@@ -303,6 +335,7 @@ class TrainSettings(Section):
     lora: LoraSettings = Field(default_factory=LoraSettings, description="Adapter shape (methods lora, dora, qlora).")
     quant: QuantSettings = Field(default_factory=QuantSettings, description="Base-model quantisation (method qlora).")
     tiny: TinyBaseSettings = Field(default_factory=TinyBaseSettings, description="Shape of the built-in tiny base model.")
+    accelerate: AccelerateSettings = Field(default_factory=AccelerateSettings, description="Launcher and strategy (DDP, FSDP, DeepSpeed ZeRO) of multi-process training.")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainSettings:
