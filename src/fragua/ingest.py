@@ -483,7 +483,7 @@ def ingest(
     tokenizer_file: Path | None = None,
     ingest_key: str | None = None,
     map_shards: ShardMapper | None = None,
-    shard_bytes: int = 32 << 20,
+    shard_bytes: int = 16 << 20,
 ) -> DatasetManifest:
     """Read, clean, route and split every source into a dataset version (idempotent).
 

@@ -646,11 +646,11 @@ class ScaleSettings(Section):
         2, ge=1, le=1024, description="Worker threads (threads), worker processes of the local Dask cluster, or CPUs of the local Ray; ignored with an address."
     )
     shard_bytes: int = Field(
-        32 << 20, ge=1 << 16, le=1 << 34,
+        16 << 20, ge=1 << 16, le=1 << 34,
         description="Target size of one shard: JSONL files are cut at the first line start after every this many bytes, Parquet files between row groups; other inputs are one shard each.",
     )
     shards_in_flight: int = Field(
-        4, ge=1, le=4096, description="Shards submitted and not yet merged: bounds the memory of the results waiting to be merged in order."
+        3, ge=1, le=4096, description="Shards submitted and not yet merged: bounds the memory of the results waiting to be merged in order."
     )
 
     @model_validator(mode="after")
