@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from pathlib import Path
 from typing import Any, Iterator
 
 from prefect import task
@@ -10,7 +11,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from fragua import jobs
-from fragua.settings import ScaleSettings
+from fragua.batch_eval import BatchResult, ShardScorer
+from fragua.evaluation import EvalItem, ItemResult
+from fragua.inference import ModelChoice
+from fragua.settings import ScaleSettings, Settings
 from fragua.shards import ShardMapper, ShardWork
 
 
@@ -56,3 +60,29 @@ def shard_mapper(scale: ScaleSettings) -> ShardMapper:
                 yield pending.popleft().result()
 
     return run
+
+
+@task(name="score-questions", cache_policy=NO_CACHE, persist_result=False, task_run_name="score questions from {items[0].id}")
+def score_shard_task(settings: Settings, choice: ModelChoice, items: list[EvalItem]) -> list[ItemResult]:
+    return jobs.score_question_shard(settings, choice, items)
+
+
+def eval_mapper(settings: Settings, choice: ModelChoice) -> ShardScorer:
+    """One ``score-questions`` task run per shard of questions, at most ``scale.shards_in_flight`` unmerged."""
+
+    def run(shards: Iterator[list[EvalItem]]) -> Iterator[list[ItemResult]]:
+        with task_runner(settings.scale) as runner:
+            pending: deque[Any] = deque()
+            for items in shards:
+                pending.append(runner.submit(score_shard_task, {"settings": settings, "choice": choice, "items": items}))
+                while len(pending) >= settings.scale.shards_in_flight:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+    return run
+
+
+@task(name="eval-batch", cache_policy=NO_CACHE)
+def eval_batch_task(settings: Settings, questions: str, choice: ModelChoice, output: str) -> BatchResult:
+    return jobs.eval_batch(settings, Path(questions), choice, Path(output), eval_mapper(settings, choice))

@@ -93,3 +93,22 @@ def test_ingest_flow_on_a_two_worker_local_dask_cluster_gives_the_default_runner
     assert json.loads(default.model_dump_json(include={"counts", "duplicates", "quarantined"})) == json.loads(
         on_dask.model_dump_json(include={"counts", "duplicates", "quarantined"})
     )
+
+
+@pytest.mark.parametrize("runner", ["threads", "dask"])
+def test_eval_batch_flow_scores_shards_as_tasks_like_one_process(prefect_api, tiny_base, tmp_path, runner):
+    from flows.eval_batch import eval_batch_flow
+    from fragua.batch_eval import run_eval_batch
+    from fragua.inference import resolve_model
+
+    from .test_batch_eval import QUESTIONS, write_jsonl
+
+    questions = write_jsonl(tmp_path / "questions.jsonl", QUESTIONS)
+    settings = make_settings(tmp_path / "work", validate={"max_new_tokens": 8}, scale={"task_runner": runner, "workers": 2, "eval_shard_items": 2})
+    single = run_eval_batch(settings, questions, resolve_model(settings, path=tiny_base), tmp_path / "single.json")
+    sharded = eval_batch_flow(str(questions), str(tmp_path / "sharded.json"), settings=settings, path=str(tiny_base))
+    assert [i.id for i in sharded.items] == [i.id for i in single.items] and len(single.items) == 6
+    assert sharded.overall.n == single.overall.n == 6
+    for ours, theirs in zip(sharded.items, single.items):
+        assert ours.answer_nll == pytest.approx(theirs.answer_nll, rel=1e-4, abs=1e-6) if theirs.answer_nll is not None else ours.answer_nll is None
+    assert (tmp_path / "sharded.json").is_file()

@@ -143,6 +143,18 @@ def prepare_shard(work: ShardWork) -> list[Any]:
     return shards.prepare_shard(work)
 
 
+def score_question_shard(settings: Settings, choice: Any, items: list[Any]) -> list[Any]:
+    from .batch_eval import score_shard
+
+    return score_shard(settings, choice, items)
+
+
+def eval_batch(settings: Settings, questions: Path, choice: Any, output: Path, score_shards: Any = None) -> Any:
+    from .batch_eval import run_eval_batch
+
+    return run_eval_batch(settings, questions, choice, output, score_shards=score_shards, shard_items=settings.scale.eval_shard_items)
+
+
 def expand_dataset(settings: Settings, dataset_id: str) -> DatasetManifest:
     """A child dataset version whose train split is augmented; validation copied unchanged."""
     store = open_dataset_store(settings)

@@ -649,6 +649,9 @@ class ScaleSettings(Section):
         16 << 20, ge=1 << 16, le=1 << 34,
         description="Target size of one shard: JSONL files are cut at the first line start after every this many bytes, Parquet files between row groups; other inputs are one shard each.",
     )
+    eval_shard_items: int = Field(
+        256, ge=1, le=1_000_000, description="Questions per shard of a batch evaluation (each shard loads the model once: one per worker or GPU)."
+    )
     shards_in_flight: int = Field(
         3, ge=1, le=4096, description="Shards submitted and not yet merged: bounds the memory of the results waiting to be merged in order."
     )
