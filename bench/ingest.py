@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ingest.py                    # 1,000,000 rows
     .venv/bin/python bench/ingest.py --rows 100000      # quicker
+    .venv/bin/python bench/ingest.py --skip-near --runner threads --runner dask   # + Prefect tasks on a 2-worker local Dask cluster
 
 Generates mixed-format JSONL (alpaca, chat, ShareGPT, prompt/completion, multiple choice,
 flat SQuAD and HEAD-QA rows) with exact and near duplicates and bad rows, then measures,
@@ -22,6 +23,7 @@ and exits non-zero only if the numbers do not add up (rows = kept + duplicates +
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -201,22 +203,34 @@ def measure_baseline(folder: Path) -> dict:
     return {"rows": rows, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": _peak_rss_mb()}
 
 
-def measure_ingest(folder: Path, near: bool, batch_size: int | None) -> dict:
+def measure_ingest(folder: Path, near: bool, batch_size: int | None, runner: str | None = None, workers: int = 2) -> dict:
     from fragua.ingest import ingest
     from fragua.settings import DataSettings
 
     extra = {"batch_size": batch_size} if batch_size else {}
     settings = DataSettings(sources=[{"path": str(folder)}], near_dedupe=near, max_rejected_fraction=1.0, **extra)
-    with tempfile.TemporaryDirectory(prefix="bench-fragua-") as store:
+    sharding = {}
+    if runner:
+        from fragua.settings import ScaleSettings
+        from tasks.scale import shard_mapper
+
+        scale = ScaleSettings(task_runner=runner, workers=workers)
+        sharding = {"map_shards": shard_mapper(scale), "shard_bytes": scale.shard_bytes}
+    with tempfile.TemporaryDirectory(prefix="bench-fragua-") as store, contextlib.ExitStack() as stack:
+        if runner:
+            # Task runs report to a Prefect API: a temporary one, started before the clock and stopped after.
+            from prefect.testing.utilities import prefect_test_harness
+
+            stack.enter_context(prefect_test_harness(server_startup_timeout=120))
         start, cpu = time.perf_counter(), _cpu_seconds()
-        manifest = ingest(settings, Path(store))
+        manifest = ingest(settings, Path(store), **sharding)
         seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     sources = manifest.sources
     return {
         "rows": sum(s.rows for s in sources), "kept": sum(s.kept for s in sources), "duplicates": sum(s.duplicates for s in sources),
         "quarantined": sum(s.quarantined for s in sources), "rejected": manifest.rejected, "counts": manifest.counts,
         "balanced": all(s.rows == s.kept + s.duplicates + s.quarantined for s in sources),
-        "seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": _peak_rss_mb(),
+        "seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": _peak_rss_mb(), "id": manifest.id,
     }
 
 
@@ -239,6 +253,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="data.batch_size (default: the setting's default)")
     parser.add_argument("--skip-near", action="store_true", help="do not measure near-duplicate detection")
     parser.add_argument("--folder", type=Path, default=None, help="where to write the data (default: a temporary folder, removed after)")
+    parser.add_argument(
+        "--runner", choices=["threads", "dask", "ray"], action="append", default=[],
+        help="also ingest with the per-shard work as Prefect tasks on this task runner (repeatable; 'dask' and 'ray' start a local "
+        "cluster of --workers) and check that the dataset id equals the plain ingest's",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="workers of the --runner's local cluster (threads: pool size)")
     options = parser.parse_args()
 
     folder = options.folder or Path(tempfile.mkdtemp(prefix="fragua-bench-"))
@@ -252,6 +272,7 @@ def main() -> None:
         baseline = _in_subprocess("_baseline", str(folder))
         exact = _in_subprocess("_ingest", str(folder), *batch)
         near = None if options.skip_near else _in_subprocess("_ingest", str(folder), "--near", *batch)
+        runners = {name: _in_subprocess("_ingest", str(folder), "--runner", name, "--workers", str(options.workers), *batch) for name in options.runner}
         print(f"after:  {_load()}")
     finally:
         if options.folder is None:
@@ -270,14 +291,20 @@ def main() -> None:
     print(line("fragua ingest, exact dedupe", exact) + ratio(exact))
     if near:
         print(line("fragua ingest, + near-dedupe", near) + ratio(near))
+    for name, result in runners.items():
+        print(line(f"tasks on {name} ({options.workers} workers)", result) + ratio(result) + f", {result['seconds'] / exact['seconds']:.2f}x plain ingest's")
     for name, result in [("exact", exact), ("near", near)]:
         if result:
             print(f"{name}: kept {result['kept']:,}, duplicates {result['duplicates']:,}, quarantined {result['quarantined']:,} {result['rejected']}; splits {result['counts']}")
     print()
     print(f"bars (exact dedupe): >= 50,000 rows/s: {exact['rows'] / exact['seconds'] >= 50_000}; "
           f"peak RSS <= 1536 MB: {exact['peak_rss_mb'] <= 1536}; time <= 2x baseline: {exact['seconds'] <= 2 * baseline['seconds']}")
-    if not all(r["balanced"] for r in (exact, near) if r):
+    for name, result in runners.items():
+        print(f"dataset id: plain ingest {exact['id']}, tasks on {name} {result['id']}: {'identical' if result['id'] == exact['id'] else 'DIFFERENT'}")
+    if not all(r["balanced"] for r in (exact, near, *runners.values()) if r):
         raise SystemExit("rows != kept + duplicates + quarantined for some source")
+    if any(r["id"] != exact["id"] for r in runners.values()):
+        raise SystemExit("a task runner produced a different dataset version than the plain ingest")
 
 
 if __name__ == "__main__":
@@ -286,6 +313,8 @@ if __name__ == "__main__":
     elif len(sys.argv) > 1 and sys.argv[1] == "_ingest":
         arguments = sys.argv[2:]
         size = int(arguments[arguments.index("--batch-size") + 1]) if "--batch-size" in arguments else None
-        print(json.dumps(measure_ingest(Path(arguments[0]), "--near" in arguments, size)))
+        runner = arguments[arguments.index("--runner") + 1] if "--runner" in arguments else None
+        workers = int(arguments[arguments.index("--workers") + 1]) if "--workers" in arguments else 2
+        print(json.dumps(measure_ingest(Path(arguments[0]), "--near" in arguments, size, runner, workers)))
     else:
         main()

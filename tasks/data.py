@@ -11,6 +11,7 @@ from fragua.dataset_store import DatasetManifest
 from fragua.settings import Settings
 
 from . import STORAGE_RETRY_DELAYS, transient_only
+from .scale import shard_mapper
 
 
 def ingest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
@@ -24,7 +25,7 @@ def ingest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str
     cache_key_fn=ingest_cache_key, persist_result=True,
 )
 def ingest_task(settings: Settings) -> DatasetManifest:
-    manifest = jobs.ingest_sources(settings)
+    manifest = jobs.ingest_sources(settings, shard_mapper(settings.scale))
     get_run_logger().info(
         "dataset %s: %s, %d duplicates, %d quarantined %s",
         manifest.id, manifest.counts, manifest.duplicates, manifest.quarantined, manifest.rejected,

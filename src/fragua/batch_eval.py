@@ -8,9 +8,10 @@ without one are only answered.
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from pydantic import BaseModel, Field
 
@@ -22,6 +23,7 @@ from .settings import Settings, SourceSpec
 
 MAX_LISTED_ERRORS = 20
 QUESTION_BATCH_ROWS = 4096
+_LOADING = threading.Lock()
 
 
 class BatchResult(BaseModel):
@@ -120,11 +122,32 @@ def default_output(questions: Path) -> Path:
     return Path.cwd() / f"{questions.stem}.answers.json"
 
 
-def run_eval_batch(settings: Settings, questions: Path, choice: ModelChoice, output: Path) -> BatchResult:
-    """Answer every question with the chosen model, score those with a reference, write JSON."""
+def score_shard(settings: Settings, choice: ModelChoice, items: list[EvalItem]) -> list[ItemResult]:
+    """Answer and score one shard of the questions (loads the model: one shard per worker/GPU)."""
+    # transformers initialises weights on a process-wide meta device while loading: two
+    # threads loading at once break each other; scoring itself runs in parallel.
+    with _LOADING:
+        loaded = load_model(settings, choice)
+    return score_items(loaded.model, loaded.tokenizer, items, settings.validate, max_length=settings.train.max_seq_length)
+
+
+ShardScorer = Callable[[Iterator[list[EvalItem]]], Iterator[list[ItemResult]]]
+
+
+def run_eval_batch(
+    settings: Settings, questions: Path, choice: ModelChoice, output: Path, *, score_shards: ShardScorer | None = None, shard_items: int = 256,
+) -> BatchResult:
+    """Answer every question with the chosen model, score those with a reference, write JSON.
+
+    ``score_shards``: score shards of ``shard_items`` questions elsewhere (Prefect tasks on
+    scale.task_runner), results in shard order; by default all in this process.
+    """
     items = read_questions(questions)
-    loaded = load_model(settings, choice)
-    results = score_items(loaded.model, loaded.tokenizer, items, settings.validate, max_length=settings.train.max_seq_length)
+    if score_shards is None:
+        results = score_shard(settings, choice, items)
+    else:
+        shards = (items[start: start + shard_items] for start in range(0, len(items), shard_items))
+        results = [result for shard in score_shards(shards) for result in shard]
     overall, per_domain = summarize(results, bleu_tokenize=settings.validate.bleu_tokenize)
     result = BatchResult(
         model=choice,

@@ -1,4 +1,4 @@
-"""Multi-process training: one torchrun launch of ``fragua.train_worker`` per run."""
+"""Multi-process training: one torchrun (or ``accelerate launch``) launch of ``fragua.train_worker`` per run."""
 
 from __future__ import annotations
 
@@ -63,10 +63,19 @@ def train_distributed(
     }
     spec_path = run_dir / "run_spec.json"
     spec_path.write_text(json.dumps(spec, indent=2))
+    if settings.accelerate.strategy == "torchrun":
+        command = launch_command(settings.num_processes, spec_path)
+    else:
+        import torch
+
+        from .accelerate_config import accelerate_command, write_accelerate_config
+
+        config_file = write_accelerate_config(settings, run_dir / "accelerate_config.yaml", gpus=torch.cuda.is_available())
+        command = accelerate_command(config_file, spec_path)
     tail: deque[str] = deque(maxlen=40)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     with subprocess.Popen(
-        launch_command(settings.num_processes, spec_path),
+        command,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     ) as process:
         assert process.stdout is not None

@@ -43,6 +43,7 @@ from .records import FORMATS, Record, detect_format
 from .routing import rules_for_source, route
 from .settings import DataSettings
 from .sources import IngestError, RawBatch, Source, expand_sources, read_batches, source_fingerprint
+from .shards import ShardMapper, ShardWork, plan_shards
 from .splits import SPLITS, assign_split, group_hash, split_codes
 from .stats import PLOT_FILE, STATS_FILE, StatsSampler, preload_plotting, summarise, write_stats
 from .textops import conversation_ids, conversation_texts, hex_ids, json_objects
@@ -387,6 +388,51 @@ def _run(settings: DataSettings, folder: Path, *, sample: bool) -> _Build:
     return build
 
 
+def _source_format(source: Source, settings: DataSettings) -> str | None:
+    """The format of a source, from its first batch of parsed rows (None: no row parsed)."""
+    if source.spec.format != "auto":
+        return source.spec.format
+    batches = read_batches(source, settings.batch_size)
+    try:
+        for raw in batches:
+            if raw.tables:
+                return choose_format(source, raw.tables[0])
+    finally:
+        batches.close()
+    return None
+
+
+def _run_sharded(settings: DataSettings, folder: Path, *, sample: bool, map_shards: ShardMapper, shard_bytes: int) -> _Build:
+    """As :func:`_run`, with the row-local work of every shard done by ``map_shards``
+    (threads, or tasks on a cluster) and the results merged here in shard order."""
+    build = _Build(settings, folder, sample=sample)
+    results: Iterator[list[Any]] | None = None
+    try:
+        plan = [(source, _source_format(source, settings), plan_shards(source, shard_bytes)) for source in expand_sources(settings.sources)]
+        results = map_shards(ShardWork(shard, fmt, settings) for _, fmt, shards in plan for shard in shards)
+        for source, fmt, shards in plan:
+            tally = _Tally(source)
+            build.tallies.append(tally)
+            for _ in shards:
+                for item in next(results):
+                    if isinstance(item, Prepared):
+                        tally.format = fmt or "?"
+                        build.finish(tally, item)
+                    else:
+                        build.failures(tally, item)
+            if fmt is None and tally.rows:
+                raise IngestError(
+                    f"{source.name}: unknown format (no row is a JSON object; first: {tally.first_rejection.location}: "
+                    f"{tally.first_rejection.reason}); tried {', '.join(FORMATS)}"
+                )
+            _check_source(tally, settings)
+    finally:
+        if results is not None and hasattr(results, "close"):
+            results.close()
+        build.close()
+    return build
+
+
 # Public entry points ----------------------------------------------------------------------
 
 
@@ -436,11 +482,15 @@ def ingest(
     store: DatasetStore | None = None,
     tokenizer_file: Path | None = None,
     ingest_key: str | None = None,
+    map_shards: ShardMapper | None = None,
+    shard_bytes: int = 16 << 20,
 ) -> DatasetManifest:
     """Read, clean, route and split every source into a dataset version (idempotent).
 
     ``tokenizer_file``: a ``tokenizer.json`` to count token lengths for the statistics.
     ``ingest_key``: the cache key of these inputs, remembered next to the version.
+    ``map_shards``: prepare shards of about ``shard_bytes`` with it (e.g. as tasks on a
+    cluster) instead of on this process's threads; the version is the same either way.
     """
     if store is None:
         if datasets_root is None:
@@ -449,7 +499,10 @@ def ingest(
     staging = store.staging()
     plotting = preload_plotting()
     try:
-        build = _run(settings, staging, sample=True)
+        if map_shards is None:
+            build = _run(settings, staging, sample=True)
+        else:
+            build = _run_sharded(settings, staging, sample=True, map_shards=map_shards, shard_bytes=shard_bytes)
         counts = dict(build.writer.counts)
         required = ["train", "validation"] + (["test"] if settings.test_fraction > 0 else [])
         for split in required:

@@ -25,6 +25,8 @@ from .evaluation import Evaluation, evaluate
 from .expand import expand_train
 from .gates import Decision, decide
 from .ingest import IngestError, ingest, sources_fingerprint
+from . import shards
+from .shards import ShardMapper, ShardWork
 from .hpo import HpoPlan, HpoResult, Trial, TrialResult, best_trial, sample_trials, trial_rows, trial_settings
 from .incremental import select_incremental
 from .modeling import ModelLoadError, is_adapter, load_for_inference
@@ -129,8 +131,28 @@ def ingest_cache_key(settings: Settings) -> str | None:
     return key
 
 
-def ingest_sources(settings: Settings) -> DatasetManifest:
-    return ingest(settings.data, store=open_dataset_store(settings), tokenizer_file=stats_tokenizer(settings), ingest_key=ingest_inputs_key(settings))
+def ingest_sources(settings: Settings, map_shards: ShardMapper | None = None) -> DatasetManifest:
+    """``map_shards``: run the per-shard work elsewhere (Prefect tasks on scale.task_runner)."""
+    return ingest(
+        settings.data, store=open_dataset_store(settings), tokenizer_file=stats_tokenizer(settings), ingest_key=ingest_inputs_key(settings),
+        map_shards=map_shards, shard_bytes=settings.scale.shard_bytes,
+    )
+
+
+def prepare_shard(work: ShardWork) -> list[Any]:
+    return shards.prepare_shard(work)
+
+
+def score_question_shard(settings: Settings, choice: Any, items: list[Any]) -> list[Any]:
+    from .batch_eval import score_shard
+
+    return score_shard(settings, choice, items)
+
+
+def eval_batch(settings: Settings, questions: Path, choice: Any, output: Path, score_shards: Any = None) -> Any:
+    from .batch_eval import run_eval_batch
+
+    return run_eval_batch(settings, questions, choice, output, score_shards=score_shards, shard_items=settings.scale.eval_shard_items)
 
 
 def expansion_generator(settings: Settings) -> tuple[Any, str]:

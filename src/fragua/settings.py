@@ -309,6 +309,38 @@ class TinyBaseSettings(Section):
         return self
 
 
+class AccelerateSettings(Section):
+    """Multi-process / multi-GPU training through ``accelerate launch`` with a generated config file."""
+
+    strategy: Literal["torchrun", "ddp", "fsdp", "deepspeed"] = Field(
+        "torchrun",
+        description=(
+            "How train.num_processes > 1 processes are launched: 'torchrun' (plain DDP, no config file), or accelerate with "
+            "'ddp' (DistributedDataParallel), 'fsdp' (parameters, gradients and optimiser state sharded across processes) "
+            "or 'deepspeed' (ZeRO; needs the deepspeed package on GPU machines). On a machine without GPUs 'ddp' runs on CPU (gloo)."
+        ),
+    )
+    zero_stage: Literal[1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage: 1 shards optimiser state, 2 also gradients, 3 also parameters (largest models).")
+    offload: Literal["none", "cpu"] = Field("none", description="DeepSpeed / FSDP: keep optimiser state (and with ZeRO-3 / FSDP parameters) in CPU memory when GPU memory runs out; slower.")
+    fsdp_sharding: Literal["FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"] = Field(
+        "FULL_SHARD", description="FSDP sharding strategy: FULL_SHARD like ZeRO-3, SHARD_GRAD_OP like ZeRO-2, HYBRID_SHARD full within a node and replicated across nodes."
+    )
+    num_machines: int = Field(1, ge=1, le=1024, description="Machines in the job; train.num_processes is per machine.")
+    machine_rank: int = Field(0, ge=0, description="This machine's rank (0 is the main machine).")
+    main_process_ip: str | None = Field(None, min_length=1, description="Address of machine 0 when num_machines > 1.")
+    main_process_port: int = Field(29500, ge=1, le=65535, description="Port of the rendezvous on machine 0.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AccelerateSettings:
+        if self.machine_rank >= self.num_machines:
+            raise ValueError(f"train.accelerate.machine_rank ({self.machine_rank}) must be below train.accelerate.num_machines ({self.num_machines})")
+        if self.num_machines > 1 and self.main_process_ip is None:
+            raise ValueError("train.accelerate.num_machines > 1 needs train.accelerate.main_process_ip (the address of machine 0)")
+        if self.num_machines > 1 and self.strategy == "torchrun":
+            raise ValueError("train.accelerate.num_machines > 1 needs train.accelerate.strategy 'ddp', 'fsdp' or 'deepspeed'")
+        return self
+
+
 class TrainSettings(Section):
     base_model: str | None = Field(
         None,
@@ -366,6 +398,7 @@ class TrainSettings(Section):
     lora: LoraSettings = Field(default_factory=LoraSettings, description="Adapter shape (methods lora, dora, qlora).")
     quant: QuantSettings = Field(default_factory=QuantSettings, description="Base-model quantisation (method qlora).")
     tiny: TinyBaseSettings = Field(default_factory=TinyBaseSettings, description="Shape of the built-in tiny base model.")
+    accelerate: AccelerateSettings = Field(default_factory=AccelerateSettings, description="Launcher and strategy (DDP, FSDP, DeepSpeed ZeRO) of multi-process training.")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainSettings:
@@ -657,6 +690,42 @@ def _file_source(settings_cls: type[BaseSettings], path: Path) -> PydanticBaseSe
 warnings.filterwarnings("ignore", message='Field name "validate"', category=UserWarning)
 
 
+class ScaleSettings(Section):
+    """Where per-shard work (ingest's row preparation) runs: threads here, or a Dask / Ray cluster."""
+
+    task_runner: Literal["threads", "dask", "ray"] = Field(
+        "threads",
+        description=(
+            "Prefect task runner of the per-shard tasks: 'threads' (ThreadPoolTaskRunner, this process), 'dask' "
+            "(prefect-dask DaskTaskRunner: a local cluster, or scale.address), 'ray' (prefect-ray RayTaskRunner: "
+            "a local Ray, or scale.address). The dataset version id does not depend on it."
+        ),
+    )
+    address: str | None = Field(
+        None, min_length=1,
+        description="Scheduler of an existing cluster: 'tcp://host:8786' for Dask, 'ray://host:10001' or 'auto' for Ray; None starts a local cluster for the run.",
+    )
+    workers: int = Field(
+        2, ge=1, le=1024, description="Worker threads (threads), worker processes of the local Dask cluster, or CPUs of the local Ray; ignored with an address."
+    )
+    shard_bytes: int = Field(
+        16 << 20, ge=1 << 16, le=1 << 34,
+        description="Target size of one shard: JSONL files are cut at the first line start after every this many bytes, Parquet files between row groups; other inputs are one shard each.",
+    )
+    eval_shard_items: int = Field(
+        256, ge=1, le=1_000_000, description="Questions per shard of a batch evaluation (each shard loads the model once: one per worker or GPU)."
+    )
+    shards_in_flight: int = Field(
+        3, ge=1, le=4096, description="Shards submitted and not yet merged: bounds the memory of the results waiting to be merged in order."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScaleSettings:
+        if self.task_runner == "threads" and self.address is not None:
+            raise ValueError(f"scale.address ({self.address!r}) needs scale.task_runner 'dask' or 'ray'; threads run in this process")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything a Fragua run needs; the Prefect UI renders it as the flows' parameter form."""
 
@@ -677,6 +746,7 @@ class Settings(BaseSettings):
     tracking: TrackingSettings = Field(default_factory=TrackingSettings, description="Weights & Biases logging.")
     intake: IntakeSettings = Field(default_factory=IntakeSettings, description="Queue of new examples for autotrain.")
     chat: ChatSettings = Field(default_factory=ChatSettings, description="Generation settings of `fragua chat`.")
+    scale: ScaleSettings = Field(default_factory=ScaleSettings, description="Task runner of per-shard work (threads, Dask, Ray).")
 
     @classmethod
     def settings_customise_sources(

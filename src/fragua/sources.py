@@ -261,27 +261,39 @@ def _jsonl_block(block: memoryview, first_line: int, count: int) -> Iterator[Raw
 
 
 def _jsonl(source: Source, batch_size: int) -> Iterator[RawBatch]:
+    return jsonl_range(source, batch_size)
+
+
+def jsonl_range(source: Source, batch_size: int, start: int = 0, stop: int | None = None, first_line: int = 1) -> Iterator[RawBatch]:
+    """The lines of bytes ``start:stop`` of a JSONL file (both at line starts; ``first_line``
+    is the number of the line at ``start``), numbered as a read of the whole file numbers them."""
     size = max(1 << 20, batch_size * BYTES_PER_ROW)
+    whole = start == 0 and stop is None
     key = _file_key(source.path)
     digest = hashlib.sha256()  # the manifest's file hash, without a second pass over the file
     with source.path.open("rb") as handle:
-        first_line, pending = 1, b""
+        handle.seek(start)
+        left = stop - start if stop is not None else None
+        pending = b""
         while True:
-            chunk = handle.read(size)
-            digest.update(chunk)
+            chunk = handle.read(size if left is None else min(size, left))
+            if left is not None:
+                left -= len(chunk)
+            if whole:
+                digest.update(chunk)
             data = pending + chunk if pending else chunk
             if not data:
-                if _file_key(source.path) == key:
+                if whole and _file_key(source.path) == key:
                     _file_hashes[key] = digest.hexdigest()
                 return
             end = data.rfind(b"\n") + 1 if chunk else len(data)
             if not end:  # one line longer than a block: read on
                 pending = data
                 continue
-            start = len(BOM) if first_line == 1 and data.startswith(BOM) else 0
-            count = data.count(b"\n", start, end) + (not data.endswith(b"\n", start, end))
+            skip = len(BOM) if first_line == 1 and data.startswith(BOM) else 0
+            count = data.count(b"\n", skip, end) + (not data.endswith(b"\n", skip, end))
             # Whole lines, without their final newline: a view, not a copy.
-            yield from _jsonl_block(memoryview(data)[start: end - 1 if data.endswith(b"\n", start, end) else end], first_line, count)
+            yield from _jsonl_block(memoryview(data)[skip: end - 1 if data.endswith(b"\n", skip, end) else end], first_line, count)
             first_line += count
             pending = data[end:]
 
@@ -435,8 +447,7 @@ def _csv(source: Source, batch_size: int) -> Iterator[RawBatch]:
 # Arrow containers: Parquet, save_to_disk folders, hub datasets ---------------------------
 
 
-def _table_batches(table_batches: Iterator[pa.Table], prefix: str) -> Iterator[RawBatch]:
-    start = 0
+def _table_batches(table_batches: Iterator[pa.Table], prefix: str, start: int = 0) -> Iterator[RawBatch]:
     for table in table_batches:
         numbers = pa.array(np.arange(start, start + table.num_rows)).cast(pa.string())
         yield RawBatch(
@@ -447,14 +458,24 @@ def _table_batches(table_batches: Iterator[pa.Table], prefix: str) -> Iterator[R
         start += table.num_rows
 
 
-def _parquet(source: Source, batch_size: int) -> Iterator[RawBatch]:
+def open_parquet(source: Source) -> Any:
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(source.path)
+        return pq.ParquetFile(source.path)
     except Exception as exc:  # pyarrow raises several types for corrupt files
         raise IngestError(f"{source.path}: not a readable Parquet file ({exc})") from exc
-    yield from _table_batches((pa.Table.from_batches([b]) for b in parquet.iter_batches(batch_size=batch_size)), "")
+
+
+def _parquet(source: Source, batch_size: int) -> Iterator[RawBatch]:
+    return parquet_row_groups(source, batch_size)
+
+
+def parquet_row_groups(source: Source, batch_size: int, row_groups: list[int] | None = None, first_row: int = 0) -> Iterator[RawBatch]:
+    """Rows of some row groups of a Parquet file (all by default); ``first_row``: the number of the first."""
+    parquet = open_parquet(source)
+    batches = parquet.iter_batches(batch_size=batch_size, row_groups=row_groups)
+    yield from _table_batches((pa.Table.from_batches([b]) for b in batches), "", first_row)
 
 
 def _dataset_splits(loaded: Any, source: Source) -> Iterator[tuple[str, Any]]:
