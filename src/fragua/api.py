@@ -114,14 +114,14 @@ def _text_too_long(settings: Settings, example: ExampleIn, prefix: list[Any]) ->
 def _record(settings: Settings, example: ExampleIn, prefix: list[Any]) -> dict[str, Any]:
     errors = _text_too_long(settings, example, prefix)
     if errors:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=errors)
+        raise HTTPException(422, detail=errors)
     try:
         if example.messages is not None:
             return messages_record([m.model_dump() for m in example.messages], domain=example.domain, meta=example.meta)
         return question_answer_record(example.question or "", example.answer or "", system=example.system, domain=example.domain, meta=example.meta)
     except RowError as exc:
         field = "messages" if example.messages is not None else "answer"
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=[{"loc": [*prefix, field], "msg": str(exc), "type": exc.kind}]) from exc
+        raise HTTPException(422, detail=[{"loc": [*prefix, field], "msg": str(exc), "type": exc.kind}]) from exc
 
 
 class BodySizeLimit:
@@ -164,7 +164,7 @@ class BodySizeLimit:
     async def _reject(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         response = JSONResponse(
             {"detail": f"request body larger than intake.max_request_bytes ({self.max_bytes} bytes); split it into smaller batches"},
-            status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            status_code=413,
         )
         await response(scope, receive, send)
 

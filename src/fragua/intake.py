@@ -178,6 +178,9 @@ def question_answer_record(
 
 def messages_record(messages: list[dict[str, Any]], *, domain: str | None = None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Check a conversation with the same adapter ingest uses; RowError says what is wrong."""
+    for message in messages:
+        if not str(message.get("content", "")).strip():
+            raise RowError(f"a {message.get('role')} message is empty", "empty")
     draft = adapt_row({"messages": messages}, "chat")
     draft.domain = domain
     draft.meta = dict(meta or {})
@@ -377,7 +380,8 @@ class IntakeQueue:
                 update(ExampleRow).where(ExampleRow.batch_id == run_id, ExampleRow.status == "training")
                 .values(status="trained", version=version, trained_at=_now(), last_error=None)
             ).rowcount
-            session.execute(update(RunRow).where(RunRow.id == run_id).values(state="succeeded", version=version, finished_at=_now()))
+            if done:  # a run whose claim expired reports too late: its examples are someone else's now
+                session.execute(update(RunRow).where(RunRow.id == run_id).values(state="succeeded", version=version, finished_at=_now()))
         return int(done or 0)
 
     def release(self, run_id: str, reason: str, *, state: str = "failed") -> int:

@@ -16,6 +16,7 @@ import numpy as np
 from .adapters import ADAPTERS, AdapterOptions, drafts
 from .ingest import choose_format
 from .intake import content_sha, draft_record
+from .quality import check_lengths, message_texts
 from .records import RowError
 from .settings import DataSettings, SourceSpec
 from .sources import IngestError, expand_sources, read_batches
@@ -53,7 +54,9 @@ def read_examples(path: str, data: DataSettings, *, format: str = "auto", domain
                     locations = raw.locations.to_pylist()
                 else:
                     locations = raw.locations.take(np.searchsorted(order, raw.positions[index])).to_pylist()  # type: ignore[index]
-                for location, draft in zip(locations, drafts(ADAPTERS[fmt](table, options))):
+                adapted = ADAPTERS[fmt](table, options)
+                check_lengths(adapted, message_texts(adapted), data)  # empty, too short, too long: as ingest judges them
+                for location, draft in zip(locations, drafts(adapted)):
                     if isinstance(draft, RowError):
                         found.rejected.append(f"{location}: {draft}")
                         continue
