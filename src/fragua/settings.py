@@ -457,6 +457,11 @@ class RegistrySettings(Section):
     credentials_block: str | None = Field(
         None, description="Prefect block with the S3 credentials, as 'aws-credentials/NAME' or 'minio-credentials/NAME' (see `fragua blocks save-s3-credentials`)."
     )
+    storage_block: str | None = Field(
+        None,
+        pattern=r"^s3-bucket/[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+        description="prefect-aws S3Bucket block ('s3-bucket/NAME', see `fragua blocks save-storage`) holding bucket, folder and credentials; replaces registry.bucket, prefix and credentials.",
+    )
     addressing_style: Literal["auto", "path", "virtual"] = Field(
         "auto", description="Bucket in the path (MinIO and most self-hosted servers) or in the host name (AWS); 'auto' lets boto3 decide."
     )
@@ -505,10 +510,12 @@ class RegistrySettings(Section):
 
     @model_validator(mode="after")
     def _backend(self) -> RegistrySettings:
-        s3_only = ("bucket", "endpoint_url", "region", "access_key_id", "secret_access_key", "session_token", "credentials_block")
+        s3_only = ("bucket", "endpoint_url", "region", "access_key_id", "secret_access_key", "session_token", "credentials_block", "storage_block")
+        if self.storage_block is not None and (self.bucket or self.prefix or self.credentials_block or self.access_key_id):
+            raise ValueError("registry.storage_block holds the bucket, folder and credentials: do not also set registry.bucket, prefix, credentials_block or access keys")
         if self.backend == "s3":
-            if self.bucket is None:
-                raise ValueError("registry.backend 's3' needs registry.bucket (FRAGUA_REGISTRY__BUCKET)")
+            if self.bucket is None and self.storage_block is None:
+                raise ValueError("registry.backend 's3' needs registry.bucket (FRAGUA_REGISTRY__BUCKET) or registry.storage_block")
             if self.root is not None:
                 raise ValueError("registry.root is for the local backend; with registry.backend 's3' use registry.bucket and registry.prefix")
         else:
