@@ -110,3 +110,20 @@ def test_force_goes_through_the_deployment_when_a_server_is_configured(client, m
     response = client.post("/training/force", headers=AUTH)
     assert response.status_code == 202
     assert response.json()["mode"] == "deployment" and started == ["autotrain/on-demand"]
+
+
+def test_force_without_a_server_runs_autotrain_in_process(prefect_api, tmp_path, monkeypatch):
+    import fragua.api as api
+
+    monkeypatch.setattr(api, "prefect_server_configured", lambda: False)
+    settings = Settings(work_dir=tmp_path / "work", tracking={"mode": "disabled"}, intake={"api_token": TOKEN},
+                        data={"sources": [{"path": str(tmp_path / "missing.jsonl")}]})
+    app = create_app(settings)
+    client = TestClient(app)
+    client.post("/examples", json={"question": "Sauna?", "answer": "Floor 3."}, headers=AUTH)
+    response = client.post("/training/force", headers=AUTH)
+    assert response.status_code == 202 and response.json()["mode"] == "in-process"
+    app.state.forced_runs.join(timeout=120)
+    assert "missing.jsonl" in app.state.forced_runs.last_error  # the run failed at ingest ...
+    stats = client.get("/stats", headers=AUTH).json()
+    assert stats["examples"]["pending"] == 1 and stats["last_run"]["state"] == "failed"  # ... and left the example pending
