@@ -779,11 +779,11 @@ def _autotrain(ctx: typer.Context, force: bool, deployment: bool) -> None:
 
         if not prefect_server_configured():
             raise_user("--deployment needs a Prefect server: set PREFECT_API_URL (see README, 'Prefect UI')")
+        if not force:
+            raise_user("--deployment starts a forced run: add --force (unforced runs come from the autotrain/hourly schedule)")
         name = settings.intake.force_deployment
-        flow_run_id = run_step(lambda: start_deployment(name)) if force else None
-        if flow_run_id is None:
-            raise_user("--deployment starts a forced run; add --force (scheduled runs come from the deployment's schedule)")
-        console.print(f"started {name}: flow run {flow_run_id}", highlight=False)
+        flow_run_id = run_step(lambda: start_deployment(name))
+        console.print(f"started {name}: flow run {flow_run_id}; watch it in the Prefect UI (Runs)", highlight=False)
         return
     from flows.autotrain import autotrain_flow
 
