@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_LOGGING_LEVEL ?= WARNING
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean deploy worker
 
 # torch first, pinned, so a fresh install here takes the CPU wheel on disk instead of
 # downloading a CUDA build; pyproject keeps an open range for users who bring their own.
@@ -35,6 +35,18 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Register the block types, create the process work pool (once) and every deployment in
+# deployments/prefect.yaml on the Prefect server named by PREFECT_API_URL.
+POOL ?= fragua-process
+deploy: install
+	$(FRAGUA) blocks register
+	$(BIN)/prefect work-pool inspect $(POOL) >/dev/null 2>&1 || $(BIN)/prefect work-pool create $(POOL) --type process
+	$(BIN)/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
+
+# A worker that runs the deployments' flow runs (scheduled, from the UI, or `prefect deployment run`).
+worker: install
+	$(BIN)/prefect worker start --pool $(POOL)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .fragua .pytest_cache

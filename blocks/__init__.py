@@ -3,12 +3,22 @@
 The W&B API key lives in a Prefect ``Secret`` block; ``tracking.api_key_block`` names it,
 so flows started from deployments get the key without it appearing in parameters or env.
 S3 credentials for the registry live in a prefect-aws ``AwsCredentials`` or
-``MinIOCredentials`` block, named by ``registry.credentials_block``.
+``MinIOCredentials`` block, named by ``registry.credentials_block``; or the whole storage
+connection (bucket, folder, credentials) in an ``S3Bucket`` block, named by
+``registry.storage_block``. Notifications go through a ``custom-webhook`` block (or any
+Prefect notification block), named by ``notifications.block``.
+
+Every block class imported here is registered by ``fragua blocks register`` and by
+``prefect block register -m blocks``.
 """
 
 from __future__ import annotations
 
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.blocks.system import Secret
+from prefect_aws import AwsCredentials, MinIOCredentials, S3Bucket
+
+BLOCK_TYPES = (AwsCredentials, MinIOCredentials, S3Bucket, Secret, CustomWebhookNotificationBlock)
 
 DEFAULT_WANDB_KEY_BLOCK = "fragua-wandb-api-key"
 DEFAULT_S3_CREDENTIALS_BLOCK = "fragua-registry"
@@ -53,3 +63,33 @@ def save_s3_credentials(
         raise ValueError(f"unknown credentials kind {kind!r}: use 'aws' or 'minio'")
     block.save(name, overwrite=True)
     return f"{slug}/{name}"
+
+
+DEFAULT_WEBHOOK_BLOCK = "fragua-alerts"
+DEFAULT_STORAGE_BLOCK = "fragua-registry"
+
+
+def register_block_types() -> list[str]:
+    """Register every block type Fragua uses with the Prefect API; returns their slugs."""
+    for block_type in BLOCK_TYPES:
+        block_type.register_type_and_schema()
+    return [block_type.get_block_type_slug() for block_type in BLOCK_TYPES]
+
+
+def save_webhook(url: str, name: str = DEFAULT_WEBHOOK_BLOCK) -> str:
+    """A custom-webhook block that POSTs {subject, body, name} as JSON; returns what notifications.block takes."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"webhook URL {url!r} must start with http:// or https://")
+    CustomWebhookNotificationBlock(
+        name=name, url=url, method="POST", json_data={"subject": "{{subject}}", "body": "{{body}}", "name": "{{name}}"},
+    ).save(name, overwrite=True)
+    return f"{CustomWebhookNotificationBlock.get_block_type_slug()}/{name}"
+
+
+def save_storage(bucket: str, credentials_block: str, name: str = DEFAULT_STORAGE_BLOCK, *, prefix: str = "") -> str:
+    """An S3Bucket block (bucket, folder, and the credentials block it contains); returns what registry.storage_block takes."""
+    from fragua.s3 import load_credentials_block
+
+    credentials = load_credentials_block(credentials_block)
+    S3Bucket(bucket_name=bucket, bucket_folder=prefix.strip("/"), credentials=credentials).save(name, overwrite=True)
+    return f"{S3Bucket.get_block_type_slug()}/{name}"

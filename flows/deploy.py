@@ -20,11 +20,12 @@ from tasks.registry import (
     rollback_task,
     verify_task,
 )
+from tasks.notify import notify_task
 
-from . import current_actor
+from . import current_actor, notify_failure
 
 
-@flow(name="deploy")
+@flow(name="deploy", on_failure=[notify_failure])
 def deploy_flow(settings: Settings | None = None, run_id: str | None = None, version: str | None = None) -> DeployOutcome:
     """Publish a validated run as a new version and, with registry.auto_deploy, point production at it.
 
@@ -41,6 +42,7 @@ def deploy_flow(settings: Settings | None = None, run_id: str | None = None, ver
         with transaction():
             state = promote_task(settings, version, current.version if current else None, "manual deploy", actor)
             confirm_task(settings, version)
+        _notify(settings, "deploy", f"Fragua: {version} deployed", f"production: {state.previous} -> {state.version} (manual deploy)")
         return DeployOutcome(version=version, published=False, promoted=True, production=state.version, reasons=["manual deploy"])
     if run_id is None:
         run_id = load_run_task(settings, None)["run_id"]
@@ -72,6 +74,8 @@ def deploy_flow(settings: Settings | None = None, run_id: str | None = None, ver
     with transaction():
         state = promote_task(settings, manifest.version, validation.production_version, f"deploy of run {run_id}", actor)
         confirm_task(settings, manifest.version)
+    _notify(settings, "deploy", f"Fragua: {manifest.version} deployed",
+            f"production: {state.previous} -> {state.version} (run {run_id})\n" + "\n".join(validation.decision.reasons))
     if settings.registry.keep_last is not None:
         retention_task(settings)
     create_markdown_artifact(
@@ -86,12 +90,20 @@ def deploy_flow(settings: Settings | None = None, run_id: str | None = None, ver
     )
 
 
-@flow(name="rollback")
+@flow(name="rollback", on_failure=[notify_failure])
 def rollback_flow(settings: Settings | None = None, to: str | None = None) -> AliasState:
     """Point production back to the previous version (or ``to``); no weights are copied."""
     settings = settings or Settings.load()
     state = rollback_task(settings, to, current_actor())
+    _notify(settings, "rollback", f"Fragua: production rolled back to {state.version}", f"production: {state.previous} -> {state.version}")
     create_markdown_artifact(
         f"# Rollback\n\nproduction: `{state.previous}` → `{state.version}`", key="rollback", description="Rollback"
     )
     return state
+
+
+def _notify(settings: Settings, event: str, subject: str, body: str) -> None:
+    """A notification that cannot be sent is logged; it never undoes the deploy or rollback."""
+    state = notify_task(settings.notifications, event, subject, body, return_state=True)
+    if state.is_failed():
+        get_run_logger().warning("could not send the %s notification: %s", event, state.message)

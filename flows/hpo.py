@@ -10,9 +10,11 @@ from fragua.settings import Settings
 from tasks.data import ingest_task
 from tasks.model import base_model_task, hpo_plan_task, hpo_record_task, hpo_trial_task
 
+from . import notify_failure
+
 
 # One trial at a time: each already uses every core (or the GPU) it is given.
-@flow(name="hpo", task_runner=ThreadPoolTaskRunner(max_workers=1))
+@flow(name="hpo", on_failure=[notify_failure], task_runner=ThreadPoolTaskRunner(max_workers=1))
 def hpo_flow(settings: Settings | None = None, dataset_id: str | None = None) -> HpoResult:
     """Search learning rate, LoRA rank/alpha and epochs within hpo.trials and hpo.time_budget_minutes."""
     settings = settings or Settings.load()

@@ -9,8 +9,10 @@ from fragua.report import dataset_rows, dataset_summary
 from fragua.settings import Settings
 from tasks.data import expand_task, ingest_task
 
+from . import notify_failure
 
-@flow(name="ingest")
+
+@flow(name="ingest", on_failure=[notify_failure])
 def ingest_flow(settings: Settings | None = None) -> DatasetManifest:
     """Read data.sources into canonical records, quarantine bad rows, split, store a dataset version."""
     settings = settings or Settings.load()
@@ -21,7 +23,7 @@ def ingest_flow(settings: Settings | None = None) -> DatasetManifest:
     return manifest
 
 
-@flow(name="expand")
+@flow(name="expand", on_failure=[notify_failure])
 def expand_flow(settings: Settings | None = None, dataset_id: str | None = None) -> DatasetManifest:
     """Augment the train split of a dataset version toward expand.expansion_factor."""
     settings = settings or Settings.load()

@@ -5,6 +5,7 @@ from pydantic import BaseModel
 
 from fragua.settings import Settings
 
+from . import notify_failure
 from .deploy import deploy_flow
 from .ingest import expand_flow, ingest_flow
 from .train import train_flow
@@ -22,7 +23,7 @@ class PipelineResult(BaseModel):
     reasons: list[str]
 
 
-@flow(name="pipeline")
+@flow(name="pipeline", on_failure=[notify_failure])
 def pipeline_flow(settings: Settings | None = None) -> PipelineResult:
     """ingest -> expand -> train -> validate -> deploy, each a subflow on the same settings."""
     settings = settings or Settings.load()

@@ -9,8 +9,10 @@ from fragua.training import TrainReport
 from tasks.data import ingest_task
 from tasks.model import base_model_task, train_task
 
+from . import notify_failure
 
-@flow(name="train")
+
+@flow(name="train", on_failure=[notify_failure])
 def train_flow(settings: Settings | None = None, dataset_id: str | None = None) -> TrainReport:
     """Fine-tune the base model on a dataset version (the sources are ingested when none is given)."""
     settings = settings or Settings.load()

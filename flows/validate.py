@@ -9,8 +9,10 @@ from fragua.settings import Settings
 from tasks.model import evaluate_task
 from tasks.registry import fetch_task, load_run_task, production_task, record_validation_task
 
+from . import notify_failure
 
-@flow(name="validate")
+
+@flow(name="validate", on_failure=[notify_failure])
 def validate_flow(settings: Settings | None = None, run_id: str | None = None) -> ValidationOutcome:
     """Score a trained run, the base model and the production version on one validation set; apply the gates."""
     settings = settings or Settings.load()

@@ -17,10 +17,10 @@ DEPLOYMENTS = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text()
 
 
 def load_flow(entrypoint: str):
-    path, name = entrypoint.split(":")
-    module_name = path.removesuffix(".py").replace("/", ".")
+    # Module-style entrypoints: the flows import each other relatively, which a file path cannot.
+    module_name, name = entrypoint.split(":")
     spec = importlib.util.find_spec(module_name)
-    assert spec is not None and Path(spec.origin) == ROOT / path
+    assert spec is not None and Path(spec.origin) == ROOT / (module_name.replace(".", "/") + ".py")
     return getattr(importlib.import_module(module_name), name)
 
 
@@ -41,12 +41,32 @@ def test_deployment_parameters_validate_against_settings(deployment, monkeypatch
 
 def test_every_flow_has_a_deployment():
     entrypoints = {d["entrypoint"].split(":")[1] for d in DEPLOYMENTS}
-    assert {"pipeline_flow", "ingest_flow", "expand_flow", "train_flow", "validate_flow", "deploy_flow", "rollback_flow", "hpo_flow"} <= entrypoints
+    assert {"pipeline_flow", "ingest_flow", "expand_flow", "train_flow", "validate_flow", "deploy_flow", "rollback_flow", "hpo_flow", "autotrain_flow"} <= entrypoints
 
 
 def test_schedules_are_well_formed():
-    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 
     for deployment in DEPLOYMENTS:
         for schedule in deployment.get("schedules", []):
-            CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone"))
+            if "cron" in schedule:
+                CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone"))
+            else:
+                IntervalSchedule(interval=schedule["interval"], timezone=schedule.get("timezone"))
+
+
+def test_autotrain_checks_hourly_and_trains_from_ten_examples(monkeypatch):
+    hourly = next(d for d in DEPLOYMENTS if d["entrypoint"] == "flows.autotrain:autotrain_flow" and d["name"] == "hourly")
+    [schedule] = hourly["schedules"]
+    assert schedule["interval"] == 3600 and schedule.get("active", True)
+    for name, value in hourly["work_pool"]["job_variables"]["env"].items():
+        monkeypatch.setenv(name, value)
+    assert Settings.load(**hourly["parameters"]["settings"]).intake.min_new_examples == 10
+    assert hourly["parameters"]["force"] is False
+    nightly = next(d for d in DEPLOYMENTS if d["name"] == "nightly")
+    assert nightly["schedules"][0]["active"] is False  # the pipeline's cron is optional: off until enabled
+
+
+def test_force_deployment_setting_names_a_deployment():
+    names = {f"{load_flow(d['entrypoint']).name}/{d['name']}" for d in DEPLOYMENTS}
+    assert Settings().intake.force_deployment in names

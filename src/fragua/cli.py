@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .settings import Settings, describe_validation_error, parse_overrides
+from .settings import Settings, SourceSpec, describe_validation_error, parse_overrides
 
 app = typer.Typer(help="Fragua: question/answer data in, validated and versioned LLM fine-tunes out.", no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
@@ -223,10 +223,16 @@ def train(
     ctx: typer.Context,
     dataset: Optional[str] = typer.Option(None, help="Dataset id or prefix (default: ingest the sources)."),
     source: Optional[list[Path]] = SOURCE_OPTION,
+    queue: bool = typer.Option(False, "--queue", help="Force a training on the intake queue now (same as `fragua autotrain --force`)."),
 ) -> None:
-    """Fine-tune the base model on a dataset version."""
+    """Fine-tune the base model on a dataset version (or, with --queue, on the intake queue's pending examples)."""
     from flows.train import train_flow
 
+    if queue:
+        if dataset or source:
+            raise_user("--queue trains on the intake queue; it takes no --dataset or --source")
+        _autotrain(ctx, force=True, deployment=False)
+        return
     settings = load_settings(ctx, source)
     with training_progress_bar():
         report = run_step(lambda: train_flow(settings, dataset))
@@ -663,6 +669,206 @@ def save_s3_credentials_command(
     secret = os.environ.get("AWS_SECRET_ACCESS_KEY") or typer.prompt("S3 secret access key", hide_input=True)
     slug = run_step(lambda: save_s3_credentials(key_id, secret, name, kind=kind, region=region, endpoint_url=endpoint_url))
     console.print(f"saved {slug}; use it with FRAGUA_REGISTRY__CREDENTIALS_BLOCK={slug}", highlight=False)
+
+
+@blocks_app.command("register")
+def blocks_register() -> None:
+    """Register the block types Fragua uses (prefect-aws S3/credentials, Secret, webhook) with the Prefect API."""
+    from blocks import register_block_types
+
+    names = run_step(register_block_types)
+    console.print(f"registered block types: {', '.join(names)}", highlight=False)
+
+
+@blocks_app.command("save-webhook")
+def save_webhook_command(
+    url: str = typer.Argument(..., help="Where notifications are POSTed (JSON {subject, body, name})."),
+    name: str = typer.Option("fragua-alerts", help="Block name."),
+) -> None:
+    """Store a webhook as a Prefect custom-webhook notification block for deploy, rollback and failure messages."""
+    from blocks import save_webhook
+
+    slug = run_step(lambda: save_webhook(url, name))
+    console.print(f"saved {slug}; use it with FRAGUA_NOTIFICATIONS__BLOCK={slug}", highlight=False)
+
+
+@blocks_app.command("save-storage")
+def save_storage_command(
+    bucket: str = typer.Argument(..., help="S3 bucket of the registry."),
+    credentials_block: str = typer.Option(..., "--credentials-block", help="'aws-credentials/NAME' or 'minio-credentials/NAME' (see save-s3-credentials)."),
+    prefix: str = typer.Option("", help="Key prefix inside the bucket (the block's bucket_folder)."),
+    name: str = typer.Option("fragua-registry", help="Block name."),
+) -> None:
+    """Store the registry's storage connection as a prefect-aws S3Bucket block (bucket, folder, credentials)."""
+    from blocks import save_storage
+
+    slug = run_step(lambda: save_storage(bucket, credentials_block, name, prefix=prefix))
+    console.print(f"saved {slug}; use it with FRAGUA_REGISTRY__BACKEND=s3 FRAGUA_REGISTRY__STORAGE_BLOCK={slug}", highlight=False)
+
+
+# Intake queue -----------------------------------------------------------------------------
+
+
+def _queue(settings: Settings) -> Any:
+    from .intake import IntakeQueue
+
+    return IntakeQueue.from_settings(settings)
+
+
+@app.command()
+def add(
+    ctx: typer.Context,
+    question: str = typer.Argument(..., help="The question."),
+    answer: str = typer.Argument(..., help="The answer the model should learn."),
+    domain: Optional[str] = typer.Option(None, help="Domain of the example (default: routed by ingest)."),
+    system: Optional[str] = typer.Option(None, help="System prompt before the question."),
+    key: Optional[str] = typer.Option(None, "--key", help="Idempotency key: adding the same key again adds nothing."),
+    meta: Optional[str] = typer.Option(None, help="JSON object kept with the example."),
+) -> None:
+    """Add one question/answer example to the intake queue."""
+    from .intake import IntakeError, RowError, parse_meta, question_answer_record
+
+    settings = load_settings(ctx)
+    limit = settings.intake.max_example_chars
+    for label, text in (("question", question), ("answer", answer), ("--system", system or "")):
+        if len(text) > limit:
+            raise_user(f"{label} is {len(text)} characters, longer than intake.max_example_chars ({limit})")
+    try:
+        record = question_answer_record(question, answer, system=system, domain=domain, meta=parse_meta(meta))
+        added = _queue(settings).add(record, key=key, origin="cli")
+    except (IntakeError, RowError) as exc:
+        raise_user(str(exc))
+    verb = "added" if added.created else "already queued (same key)"
+    console.print(f"example {added.example.id} {verb}: {added.example.status}", highlight=False)
+
+
+@app.command("import-data")
+def import_data(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="A file or folder in any format ingest reads (JSONL, JSON, CSV, Parquet; alpaca, chat, SQuAD, ...)."),
+    format: str = typer.Option("auto", "--format", help="Row format; auto detects it like ingest."),
+    domain: Optional[str] = typer.Option(None, help="Domain for rows without one."),
+) -> None:
+    """Queue every example of FILE for autotrain; importing the same rows twice adds nothing."""
+    from .intake import IntakeError
+    from .intake_files import read_examples
+
+    settings = load_settings(ctx)
+    try:
+        SourceSpec(path=str(file), format=format, domain=domain)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise_user(describe_validation_error(exc))
+    found = run_step(lambda: read_examples(str(file), settings.data, format=format, domain=domain))
+    added: list[Any] = []
+    queue = _queue(settings)
+    chunk = settings.intake.max_batch_examples
+    try:
+        for start in range(0, len(found.items), chunk):
+            added += queue.add_many(found.items[start:start + chunk], origin=f"import:{file.name}")
+    except IntakeError as exc:
+        raise_user(str(exc))
+    created = sum(a.created for a in added)
+    rows = [("file", file), ("formats", ", ".join(sorted(set(found.formats.values()))) or "-"), ("added", created),
+            ("already queued", len(added) - created), ("rejected rows", len(found.rejected)), ("pending now", queue.counts()["pending"])]
+    console.print(_kv_table("Import", rows))
+    for reason in found.rejected[:20]:
+        console.print(f"[yellow]rejected:[/yellow] {reason}", highlight=False)
+    if len(found.rejected) > 20:
+        console.print(f"[yellow]… and {len(found.rejected) - 20} more rejected rows[/yellow]")
+    if found.rejected and not added:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(ctx: typer.Context) -> None:
+    """The intake queue (examples per status), production version and recent autotrain runs."""
+    from .jobs import production_state
+
+    settings = load_settings(ctx)
+    queue = _queue(settings)
+    counts = queue.counts()
+    production = run_step(lambda: production_state(settings))
+    console.print(_kv_table("Fragua", [
+        ("production", production.version if production else "none yet"),
+        ("queue", queue.describe()),
+        *counts.items(),
+        ("autotrain needs", f"{settings.intake.min_new_examples} pending"),
+    ]))
+    runs = queue.runs(10)
+    if runs:
+        table = Table(title="Recent autotrain runs", title_justify="left")
+        for column in ("started", "run", "state", "examples", "version", "message"):
+            table.add_column(column, overflow="fold")
+        for run in runs:
+            table.add_row(run.started_at[:19], run.id, run.state, str(run.examples), run.version or "-", run.message or "")
+        console.print(table)
+
+
+def _autotrain(ctx: typer.Context, force: bool, deployment: bool) -> None:
+    settings = load_settings(ctx)
+    if deployment:
+        from .api import prefect_server_configured, start_deployment
+
+        if not prefect_server_configured():
+            raise_user("--deployment needs a Prefect server: set PREFECT_API_URL (see README, 'Prefect UI')")
+        if not force:
+            raise_user("--deployment starts a forced run: add --force (unforced runs come from the autotrain/hourly schedule)")
+        name = settings.intake.force_deployment
+        flow_run_id = run_step(lambda: start_deployment(name))
+        console.print(f"started {name}: flow run {flow_run_id}; watch it in the Prefect UI (Runs)", highlight=False)
+        return
+    from flows.autotrain import autotrain_flow
+
+    with training_progress_bar():
+        result = run_step(lambda: autotrain_flow(settings, force=force))
+    if result.state == "skipped":
+        console.print(f"{result.pending} examples pending, {result.needed} needed: nothing to train", highlight=False)
+        return
+    colour = "green" if result.state == "trained" else "red"
+    console.print(f"[{colour}]{result.state}[/{colour}]: {result.examples} examples, version {result.version or '-'}, production {result.production or '-'}", highlight=False)
+    for reason in result.reasons:
+        console.print(f"  {reason}", highlight=False)
+
+
+@app.command()
+def autotrain(
+    ctx: typer.Context,
+    force: bool = typer.Option(False, "--force", help="Train on what is pending now, however few (at least one)."),
+    deployment: bool = typer.Option(False, "--deployment", help="Start intake.force_deployment on the Prefect server instead of training here."),
+) -> None:
+    """Train incrementally on the intake queue once intake.min_new_examples are pending; deployed examples become trained."""
+    _autotrain(ctx, force, deployment)
+
+
+@app.command("version")
+def show_version(ctx: typer.Context) -> None:
+    """Fragua's version and the production model version."""
+    from . import __version__
+    from .jobs import production_state
+
+    settings = load_settings(ctx)
+    production = run_step(lambda: production_state(settings))
+    console.print(f"fragua {__version__}; production model: {production.version if production else 'none yet'}", highlight=False)
+
+
+@app.command("serve-api")
+def serve_api(
+    ctx: typer.Context,
+    host: Optional[str] = typer.Option(None, help="Bind address (default intake.api_host, 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Port (default intake.api_port; 0 picks a free one)."),
+) -> None:
+    """Serve the intake HTTP API (docs at /docs); needs intake.api_token."""
+    import uvicorn
+
+    from .api import create_app
+    from .intake import IntakeError
+
+    settings = load_settings(ctx)
+    try:
+        app_ = create_app(settings)
+    except IntakeError as exc:
+        raise_user(str(exc))
+    uvicorn.run(app_, host=host or settings.intake.api_host, port=settings.intake.api_port if port is None else port, log_level="info")
 
 
 if __name__ == "__main__":

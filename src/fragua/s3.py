@@ -57,6 +57,12 @@ class S3Store(ObjectStore):
 
     @classmethod
     def from_settings(cls, settings: RegistrySettings) -> S3Store:
+        if settings.storage_block is not None:
+            block = load_storage_block(settings.storage_block)
+            credentials = block.credentials
+            endpoint = settings.endpoint_url or credentials.aws_client_parameters.endpoint_url
+            client = _client(settings, credentials.get_boto3_session(), endpoint)
+            return cls(client, block.bucket_name, block.bucket_folder or "", transfer=transfer_config(settings))
         if settings.bucket is None:
             raise StoreConfigurationError("registry.backend 's3' needs registry.bucket")
         return cls(s3_client(settings), settings.bucket, settings.prefix, transfer=transfer_config(settings))
@@ -253,8 +259,26 @@ def _session_and_endpoint(settings: RegistrySettings) -> tuple[boto3.Session, st
     return boto3.Session(region_name=settings.region), settings.endpoint_url
 
 
+def load_storage_block(slug: str) -> Any:
+    """A prefect-aws ``S3Bucket`` block (bucket, folder and its credentials block), by 's3-bucket/name'."""
+    import prefect_aws  # noqa: F401  (registers the block types)
+    from prefect.blocks.core import Block
+
+    try:
+        return Block.load(slug)
+    except (ValueError, KeyError) as exc:
+        raise StoreConfigurationError(
+            f"cannot load the storage block {slug!r} named by registry.storage_block: {exc}. "
+            "Create it with `fragua blocks save-storage` or in the Prefect UI (Blocks)."
+        ) from exc
+
+
 def s3_client(settings: RegistrySettings) -> Any:
     session, endpoint = _session_and_endpoint(settings)
+    return _client(settings, session, endpoint)
+
+
+def _client(settings: RegistrySettings, session: boto3.Session, endpoint: str | None) -> Any:
     config = Config(
         retries={"total_max_attempts": settings.max_attempts, "mode": "standard"},
         s3={"addressing_style": settings.addressing_style},

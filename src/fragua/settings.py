@@ -553,6 +553,11 @@ class RegistrySettings(Section):
     credentials_block: str | None = Field(
         None, description="Prefect block with the S3 credentials, as 'aws-credentials/NAME' or 'minio-credentials/NAME' (see `fragua blocks save-s3-credentials`)."
     )
+    storage_block: str | None = Field(
+        None,
+        pattern=r"^s3-bucket/[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+        description="prefect-aws S3Bucket block ('s3-bucket/NAME', see `fragua blocks save-storage`) holding bucket, folder and credentials; replaces registry.bucket, prefix and credentials.",
+    )
     addressing_style: Literal["auto", "path", "virtual"] = Field(
         "auto", description="Bucket in the path (MinIO and most self-hosted servers) or in the host name (AWS); 'auto' lets boto3 decide."
     )
@@ -601,10 +606,12 @@ class RegistrySettings(Section):
 
     @model_validator(mode="after")
     def _backend(self) -> RegistrySettings:
-        s3_only = ("bucket", "endpoint_url", "region", "access_key_id", "secret_access_key", "session_token", "credentials_block")
+        s3_only = ("bucket", "endpoint_url", "region", "access_key_id", "secret_access_key", "session_token", "credentials_block", "storage_block")
+        if self.storage_block is not None and (self.bucket or self.prefix or self.credentials_block or self.access_key_id):
+            raise ValueError("registry.storage_block holds the bucket, folder and credentials: do not also set registry.bucket, prefix, credentials_block or access keys")
         if self.backend == "s3":
-            if self.bucket is None:
-                raise ValueError("registry.backend 's3' needs registry.bucket (FRAGUA_REGISTRY__BUCKET)")
+            if self.bucket is None and self.storage_block is None:
+                raise ValueError("registry.backend 's3' needs registry.bucket (FRAGUA_REGISTRY__BUCKET) or registry.storage_block")
             if self.root is not None:
                 raise ValueError("registry.root is for the local backend; with registry.backend 's3' use registry.bucket and registry.prefix")
         else:
@@ -649,6 +656,41 @@ class TrackingSettings(Section):
 class IntakeSettings(Section):
     database_url: str | None = Field(None, description="SQLAlchemy URL of the intake queue; None means SQLite at work_dir/intake.db.")
     min_new_examples: int = Field(10, ge=1, description="autotrain runs the pipeline once this many new examples are pending.")
+    max_examples_per_run: int | None = Field(
+        None, ge=1, description="autotrain trains on at most this many pending examples per run (oldest first); None takes them all."
+    )
+    claim_timeout_minutes: float = Field(
+        720.0, gt=0, le=100_000,
+        description="Examples a run claimed (status 'training') go back to pending when the claim is older than this: the run crashed without releasing them. Keep it above your longest training.",
+    )
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token the HTTP API requires (Authorization: Bearer TOKEN); `fragua serve-api` refuses to start without one."
+    )
+    api_host: str = Field("127.0.0.1", min_length=1, description="Address `fragua serve-api` binds; 0.0.0.0 exposes it on every interface.")
+    api_port: int = Field(8765, ge=0, le=65_535, description="Port of `fragua serve-api`; 0 picks a free one (printed at start).")
+    max_request_bytes: int = Field(
+        1_048_576, ge=1024, le=1_073_741_824, description="Largest HTTP request body the API accepts; larger ones get 413."
+    )
+    max_batch_examples: int = Field(1_000, ge=1, le=100_000, description="Most examples one POST /examples/batch may carry; more get 422.")
+    max_example_chars: int = Field(20_000, ge=1, le=1_000_000, description="Longest question, answer or message the API and CLI accept, in characters.")
+    force_deployment: str = Field(
+        "autotrain/on-demand",
+        pattern=r"^[^/\s]+/[^/\s]+$",
+        description="Deployment ('flow/deployment') that POST /training/force and `fragua autotrain --force --deployment` start when a Prefect server is configured (PREFECT_API_URL).",
+    )
+
+
+class NotificationSettings(Section):
+    """Messages about deploys, rollbacks and failed runs, sent through a Prefect notification block."""
+
+    block: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9-]+/[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+        description="Prefect notification block as 'TYPE/NAME', e.g. 'custom-webhook/fragua-alerts' (see `fragua blocks save-webhook`); None sends nothing.",
+    )
+    events: list[Literal["deploy", "rollback", "failure"]] = Field(
+        default_factory=lambda: ["deploy", "rollback", "failure"], description="Which events are sent."
+    )
 
 
 _selected_files: ContextVar[tuple[Path, ...] | None] = ContextVar("fragua_settings_files", default=None)
@@ -745,6 +787,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = Field(default_factory=RegistrySettings, description="Model registry and deployment.")
     tracking: TrackingSettings = Field(default_factory=TrackingSettings, description="Weights & Biases logging.")
     intake: IntakeSettings = Field(default_factory=IntakeSettings, description="Queue of new examples for autotrain.")
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings, description="Deploy, rollback and failure notifications.")
     chat: ChatSettings = Field(default_factory=ChatSettings, description="Generation settings of `fragua chat`.")
     scale: ScaleSettings = Field(default_factory=ScaleSettings, description="Task runner of per-shard work (threads, Dask, Ray).")
 

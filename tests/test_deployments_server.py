@@ -1,0 +1,107 @@
+"""The deployments for real: a Prefect server, the process pool, `prefect deploy --all`,
+`prefect deployment run`, a worker that runs the flow once, and the version it published."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fragua.jobs import open_registry
+from fragua.settings import Settings
+
+from .conftest import EXAMPLES
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def prefect(*args: str, env: dict[str, str], timeout: float = 300) -> str:
+    done = subprocess.run([str(BIN / "prefect"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    port = free_port()
+    env = {
+        key: value for key, value in os.environ.items()
+        if not key.startswith(("PREFECT_", "FRAGUA_"))
+    }
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING", TOKENIZERS_PARALLELISM="false",
+    )
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{env['PREFECT_API_URL']}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+            time.sleep(0.5)
+        yield env
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and the API/services processes it started
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+def test_deploy_all_run_pipeline_with_a_worker(prefect_server, tiny_base, tmp_path):
+    env = prefect_server
+    work = tmp_path / "work"
+    prefect("work-pool", "create", "fragua-process", "--type", "process", env=env)
+    deployed = prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml", env=env)
+    for name in ("pipeline/nightly", "pipeline/on-demand", "autotrain/hourly", "autotrain/on-demand", "hpo/default", "rollback/default"):
+        assert name in deployed, deployed
+
+    settings = {
+        "work_dir": str(work), "data": {"sources": [{"path": str(EXAMPLES / "batch1")}]},
+        "train": {"max_steps": 2, "base_model": str(tiny_base)}, "tracking": {"mode": "disabled"},
+        "validate": {"max_examples": 4, "min_score": 0.0, "require_beat_base": False, "max_new_tokens": 8},
+        "registry": {"auto_deploy": True},
+    }
+    started = prefect("deployment", "run", "pipeline/on-demand", "--param", f"settings={json.dumps(settings)}", env=env)
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", started).group(1)
+
+    # Anything else the worker picks up (a scheduled autotrain) stays out of the repository.
+    worker_env = {**env, "FRAGUA_WORK_DIR": str(tmp_path / "scheduled-work")}
+    prefect("worker", "start", "--pool", "fragua-process", "--run-once", env=worker_env, timeout=600)
+
+    run = httpx.get(f"{env['PREFECT_API_URL']}/flow_runs/{flow_run_id}", timeout=10).json()
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    registry = open_registry(Settings(work_dir=work))
+    assert [m.version for m in registry.versions()] == ["fragua-tiny-v1"]
+    assert registry.alias("production")[0].version == "fragua-tiny-v1"
+    # The version records the deploy subflow of this run, on this server.
+    deploy_run = httpx.get(f"{env['PREFECT_API_URL']}/flow_runs/{registry.manifest('fragua-tiny-v1').lineage['prefect_flow_run_id']}", timeout=10).json()
+    assert deploy_run["state"]["type"] == "COMPLETED" and deploy_run["parent_task_run_id"] is not None
