@@ -27,7 +27,7 @@ MCQ = record(from_multiple_choice({"question": "Which is a fruit?\n(one answer)"
 QA = record(from_alpaca({"instruction": "Where is the gym?", "output": "On the second floor. It opens at 7:00 am."}), "q1")
 QA_ES = record(from_alpaca({"instruction": "¿Dónde está el gimnasio?", "output": "En la segunda planta."}), "q2")
 SQUAD = record(from_squad({"context": "The rooftop pool is on the eighth floor.", "question": "Where is the pool?",
-                           "answers": {"text": ["on the eighth floor"], "answer_start": [18]}}), "s1")
+                           "answers": {"text": ["on the eighth floor"], "answer_start": [20]}}), "s1")
 UNANSWERABLE = record(from_squad({"context": "The rooftop pool is on the eighth floor.", "question": "How deep is the pool?",
                                   "answers": {"text": [], "answer_start": []}}), "s2")
 CHAT = record(from_sharegpt({"conversations": [
