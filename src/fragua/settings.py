@@ -738,7 +738,8 @@ class ScaleSettings(Section):
     task_runner: Literal["threads", "dask", "ray"] = Field(
         "threads",
         description=(
-            "Prefect task runner of the per-shard tasks: 'threads' (ThreadPoolTaskRunner, this process), 'dask' "
+            "Prefect task runner of the per-shard tasks: 'threads' (this process: ThreadPoolTaskRunner for batch evaluation; "
+            "ingest streams with its own reader/writer threads, faster here than per-shard task runs), 'dask' "
             "(prefect-dask DaskTaskRunner: a local cluster, or scale.address), 'ray' (prefect-ray RayTaskRunner: "
             "a local Ray, or scale.address). The dataset version id does not depend on it."
         ),
