@@ -335,7 +335,12 @@ class _Build:
             self.quarantine_path.unlink()
 
 
-def _check_source(tally: _Tally, settings: DataSettings) -> None:
+def _check_source(tally: _Tally, settings: DataSettings, *, detected: bool) -> None:
+    if not detected and tally.rows:
+        raise IngestError(
+            f"{tally.source.name}: unknown format (no row is a JSON object; first: {tally.first_rejection.location}: "
+            f"{tally.first_rejection.reason}); tried {', '.join(FORMATS)}"
+        )
     if not tally.rows:
         raise IngestError(f"{tally.source.name}: the file has no rows")
     if tally.quarantined / tally.rows > settings.max_rejected_fraction:
@@ -377,12 +382,7 @@ def _run(settings: DataSettings, folder: Path, *, sample: bool) -> _Build:
                         build.finish(tally, pending.popleft().result())
                 while pending:
                     build.finish(tally, pending.popleft().result())
-                if fmt is None and tally.rows:
-                    raise IngestError(
-                        f"{source.name}: unknown format (no row is a JSON object; first: {tally.first_rejection.location}: "
-                        f"{tally.first_rejection.reason}); tried {', '.join(FORMATS)}"
-                    )
-                _check_source(tally, settings)
+                _check_source(tally, settings, detected=fmt is not None)
     finally:
         build.close()
     return build
@@ -420,12 +420,7 @@ def _run_sharded(settings: DataSettings, folder: Path, *, sample: bool, map_shar
                         build.finish(tally, item)
                     else:
                         build.failures(tally, item)
-            if fmt is None and tally.rows:
-                raise IngestError(
-                    f"{source.name}: unknown format (no row is a JSON object; first: {tally.first_rejection.location}: "
-                    f"{tally.first_rejection.reason}); tried {', '.join(FORMATS)}"
-                )
-            _check_source(tally, settings)
+            _check_source(tally, settings, detected=fmt is not None)
     finally:
         if results is not None and hasattr(results, "close"):
             results.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from .prefect_blocks import load_block
 from .settings import NotificationSettings
 
 Event = Literal["deploy", "rollback", "failure"]
@@ -18,16 +19,10 @@ class NotificationError(RuntimeError):
 
 
 def load_notification_block(slug: str) -> Any:
-    import prefect.blocks.notifications  # noqa: F401  (registers the notification block types)
-    from prefect.blocks.core import Block
-
-    try:
-        return Block.load(slug)
-    except (ValueError, KeyError) as exc:
-        raise NotificationError(
-            f"cannot load the notification block {slug!r} named by notifications.block: {exc}. "
-            "Create it with `fragua blocks save-webhook URL` or in the Prefect UI (Blocks)."
-        ) from exc
+    return load_block(
+        slug, setting="notifications.block", kind="notification", how_to_create="`fragua blocks save-webhook URL`",
+        types_module="prefect.blocks.notifications", error=NotificationError,
+    )
 
 
 def send(settings: NotificationSettings, event: Event, subject: str, body: str) -> bool:

@@ -19,6 +19,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from s3transfer.subscribers import BaseSubscriber
 
+from .prefect_blocks import load_block
 from .settings import RegistrySettings
 from .storage import NotFound, ObjectStore, PreconditionFailed, Progress, StoreConfigurationError, StoreError, check_key
 
@@ -228,16 +229,10 @@ def transfer_config(settings: RegistrySettings) -> TransferConfig:
 
 def load_credentials_block(slug: str) -> Any:
     """A prefect-aws ``AwsCredentials`` or ``MinIOCredentials`` block, by 'type/name'."""
-    import prefect_aws  # noqa: F401  (registers the credential block types)
-    from prefect.blocks.core import Block
-
-    try:
-        return Block.load(slug)
-    except (ValueError, KeyError) as exc:
-        raise StoreConfigurationError(
-            f"cannot load the credentials block {slug!r} named by registry.credentials_block: {exc}. "
-            "Create it with `fragua blocks save-s3-credentials` or in the Prefect UI (Blocks)."
-        ) from exc
+    return load_block(
+        slug, setting="registry.credentials_block", kind="credentials", how_to_create="`fragua blocks save-s3-credentials`",
+        types_module="prefect_aws", error=StoreConfigurationError,
+    )
 
 
 def _session_and_endpoint(settings: RegistrySettings) -> tuple[boto3.Session, str | None]:
@@ -261,16 +256,10 @@ def _session_and_endpoint(settings: RegistrySettings) -> tuple[boto3.Session, st
 
 def load_storage_block(slug: str) -> Any:
     """A prefect-aws ``S3Bucket`` block (bucket, folder and its credentials block), by 's3-bucket/name'."""
-    import prefect_aws  # noqa: F401  (registers the block types)
-    from prefect.blocks.core import Block
-
-    try:
-        return Block.load(slug)
-    except (ValueError, KeyError) as exc:
-        raise StoreConfigurationError(
-            f"cannot load the storage block {slug!r} named by registry.storage_block: {exc}. "
-            "Create it with `fragua blocks save-storage` or in the Prefect UI (Blocks)."
-        ) from exc
+    return load_block(
+        slug, setting="registry.storage_block", kind="storage", how_to_create="`fragua blocks save-storage`",
+        types_module="prefect_aws", error=StoreConfigurationError,
+    )
 
 
 def s3_client(settings: RegistrySettings) -> Any:
