@@ -40,7 +40,8 @@ def test_a_failing_validate_step_stops_the_pipeline_and_production_stays(prefect
     stored.write_bytes(bytes(weights))
     shutil.rmtree(work / "cache", ignore_errors=True)  # a machine without a verified copy of its own
 
-    code, output = fragua_cli(*QUICK_FLAGS, "run", work_dir=work)
+    # The flow-run lines below are Prefect INFO logs; `make test` exports PREFECT_LOGGING_LEVEL=WARNING.
+    code, output = fragua_cli(*QUICK_FLAGS, "run", work_dir=work, extra_env={"PREFECT_LOGGING_LEVEL": "INFO"})
     assert code == 1, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     (error,) = [line for line in output.splitlines() if line.startswith("error:")]
