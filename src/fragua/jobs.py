@@ -12,14 +12,16 @@ import logging
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pydantic import BaseModel, Field
 
 from . import __version__, dataset_store
 from .base_model import build_tiny_base
+from .checkpoint_mirror import CheckpointMirror, MirrorWatch
 from .dataset_store import DatasetManifest, DatasetStore, LocalDatasetStore, ObjectDatasetStore
 from .evaluation import Evaluation, evaluate
 from .expand import expand_train
@@ -275,6 +277,19 @@ def incremental_start(settings: Settings, base: str, train_records: list[Record]
     return start, selection.records
 
 
+@contextmanager
+def mirrored_checkpoints(settings: Settings, run_id: str, checkpoints_dir: Path) -> Iterator[None]:
+    """With train.checkpoint_store 'registry': resume from the registry's copy when it is newer than
+    the local one, and mirror every new complete checkpoint there while the body trains."""
+    if settings.train.checkpoint_store != "registry":
+        yield
+        return
+    mirror = CheckpointMirror(open_store(settings), run_id, keep=settings.train.save_total_limit)
+    mirror.restore(checkpoints_dir)
+    with MirrorWatch(mirror, checkpoints_dir):
+        yield
+
+
 def train_model(
     settings: Settings,
     dataset_id: str,
@@ -312,7 +327,8 @@ def train_model(
         init_adapter = Path(start_info.weights)
     elif start_info:
         load_from = start_info.weights  # a full fine-tune continues from its own weights
-    with tracking_run(settings.tracking, settings.work_path, name=run_id, job_type=job_type, config=settings.redacted()) as tracker:
+    with tracking_run(settings.tracking, settings.work_path, name=run_id, job_type=job_type, config=settings.redacted()) as tracker, \
+            mirrored_checkpoints(settings, run_id, run_dir / "checkpoints"):
         common = dict(
             base_model=load_from, settings=train_settings, train_records=train_records,
             eval_records=dataset_split(settings, dataset, "validation"), run_dir=run_dir, run_name=run_id,

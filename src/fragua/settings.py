@@ -362,7 +362,15 @@ class TrainSettings(Section):
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, ~30% slower.")
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = Field("sdpa", description="Attention kernel; flash_attention_2 needs the flash-attn package and a GPU.")
     save_steps: int = Field(50, ge=1, description="Checkpoint every N optimiser steps; a retried run resumes from the newest complete one.")
-    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk per run.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk per run (and in the registry's storage with checkpoint_store 'registry').")
+    checkpoint_store: Literal["local", "registry"] = Field(
+        "local",
+        description=(
+            "'registry' also uploads every complete checkpoint to the registry's storage (checkpoints/<run id>/, the S3 bucket "
+            "with registry.backend 's3') while training runs, and a run with no newer checkpoint on local disk resumes from "
+            "the newest one there: a retry on another machine or pod continues the run."
+        ),
+    )
     logging_steps: int = Field(10, ge=1, description="Log loss, learning rate and throughput every N steps.")
     seed: int = Field(42, ge=0, description="Seed of adapter init, shuffling and dropout; same seed on CPU gives the same loss curve.")
     trust_remote_code: bool = Field(False, description="Allow model repositories to run their own Python code. Only for sources you trust.")

@@ -1,0 +1,120 @@
+"""Checkpoints mirrored to the registry's storage: a run killed on one machine resumes on another."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file
+
+from fragua import jobs
+from fragua.checkpoint_mirror import CheckpointMirror, MirrorWatch
+from fragua.storage import LocalStore
+from fragua.training import COMPLETE_MARKER, latest_complete_checkpoint
+
+from .conftest import EXAMPLES, make_settings
+
+TRAIN = {"max_steps": 24, "save_steps": 4, "logging_steps": 1, "batch_size": 8, "save_total_limit": 2, "checkpoint_store": "registry"}
+
+TRAIN_JOB = """
+import sys
+from fragua import jobs
+from fragua.settings import Settings
+settings = Settings.model_validate_json(sys.argv[1])
+jobs.train_model(settings, sys.argv[2], progress=lambda event: print("step", event["step"], flush=True))
+"""
+
+
+def fake_checkpoint(root, step: int, *, complete: bool = True, state: dict | None = None):
+    folder = root / f"checkpoint-{step}"
+    (folder / "nested").mkdir(parents=True)
+    (folder / "adapter_model.safetensors").write_bytes(os.urandom(64))
+    (folder / "nested" / "shard_0.bin").write_bytes(os.urandom(32))
+    (folder / "trainer_state.json").write_text(json.dumps(state or {"global_step": step}))
+    if complete:
+        (folder / COMPLETE_MARKER).write_text(json.dumps({"global_step": step}))
+    return folder
+
+
+def test_mirror_uploads_complete_checkpoints_keeps_the_newest_and_restores_them(tmp_path):
+    mirror = CheckpointMirror(LocalStore(tmp_path / "bucket"), "run-a", keep=2)
+    local = tmp_path / "machine-1" / "checkpoints"
+    for step in (4, 8, 12):
+        mirror.upload(fake_checkpoint(local, step, state={"best_model_checkpoint": str(local / "checkpoint-8")}))
+    fake_checkpoint(local, 16, complete=False)  # being written: never mirrored
+    with MirrorWatch(mirror, local, interval=0.05):
+        time.sleep(0.2)
+    assert mirror.complete_steps() == [8, 12]
+
+    elsewhere = tmp_path / "machine-2" / "checkpoints"
+    restored = mirror.restore(elsewhere)
+    assert restored == elsewhere / "checkpoint-12" and latest_complete_checkpoint(elsewhere) == restored
+    assert (restored / "nested" / "shard_0.bin").read_bytes() == (local / "checkpoint-12" / "nested" / "shard_0.bin").read_bytes()
+    # The best checkpoint the newest one names comes too (early stopping loads it at the end).
+    assert (elsewhere / "checkpoint-8" / COMPLETE_MARKER).is_file()
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["checkpoint-12", "checkpoint-8"]
+    # A local checkpoint as new as the mirror's wins: nothing is downloaded.
+    assert mirror.restore(local) is None
+
+
+def test_upload_cut_before_the_marker_is_not_resumed_from(tmp_path):
+    store = LocalStore(tmp_path / "bucket")
+    mirror = CheckpointMirror(store, "run-b", keep=3)
+    mirror.upload(fake_checkpoint(tmp_path / "local", 4))
+    half = fake_checkpoint(tmp_path / "local", 8)
+    store.put_file("checkpoints/run-b/checkpoint-8/adapter_model.safetensors", half / "adapter_model.safetensors")
+    assert mirror.complete_steps() == [4]
+    assert mirror.restore(tmp_path / "fresh") == tmp_path / "fresh" / "checkpoint-4"
+
+
+def _settings(work, registry):
+    return make_settings(work, data={"sources": [{"path": str(EXAMPLES / "batch1")}]}, train=TRAIN, registry=registry)
+
+
+def test_run_killed_on_one_machine_resumes_from_s3_on_another_and_ends_like_an_uninterrupted_run(tmp_path, s3_settings):
+    first = _settings(tmp_path / "machine-1", s3_settings)
+    dataset = jobs.ingest_sources(first)
+    jobs.ensure_base_model(first)
+    run_id = jobs.training_run_id(first, dataset.id)
+    mirror = CheckpointMirror(jobs.open_store(first), run_id, keep=2)
+
+    secret = s3_settings.secret_access_key.get_secret_value()
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "FRAGUA_REGISTRY__SECRET_ACCESS_KEY": secret}
+    job = subprocess.Popen([sys.executable, "-c", TRAIN_JOB, first.model_dump_json(exclude={"registry": {"secret_access_key"}}), dataset.id],
+                           stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert job.stdout is not None
+        for line in job.stdout:
+            # Kill the machine once the bucket holds a checkpoint past the first one.
+            if line.startswith("step") and max(mirror.complete_steps(), default=0) >= 8:
+                job.send_signal(signal.SIGKILL)
+                break
+        assert job.wait(timeout=180) == -signal.SIGKILL, "training ended before a second checkpoint reached the bucket"
+    finally:
+        if job.poll() is None:
+            job.kill()
+    mirrored = max(mirror.complete_steps())
+
+    second = _settings(tmp_path / "machine-2", s3_settings)  # nothing of the first machine's work dir
+    assert jobs.ingest_sources(second).id == dataset.id
+    resumed = jobs.train_model(second, dataset.id)
+    assert resumed.resumed_from is not None and resumed.resumed_from.endswith(f"checkpoint-{mirrored}")
+    assert resumed.global_step == 24
+    assert [e["step"] for e in resumed.log_history if "loss" in e] == list(range(1, 25))
+    # The last checkpoint is always mirrored (the watcher skips ones a newer save overtook); at most save_total_limit stay.
+    steps = mirror.complete_steps()
+    assert steps[-1] == 24 and len(steps) <= 2
+
+    local_only = make_settings(tmp_path / "machine-3", data={"sources": [{"path": str(EXAMPLES / "batch1")}]}, train={**TRAIN, "checkpoint_store": "local"})
+    jobs.ingest_sources(local_only)
+    uninterrupted = jobs.train_model(local_only, dataset.id)
+    assert uninterrupted.resumed_from is None
+    ours, theirs = load_file(f"{resumed.adapter_dir}/adapter_model.safetensors"), load_file(f"{uninterrupted.adapter_dir}/adapter_model.safetensors")
+    assert ours.keys() == theirs.keys()
+    for name, tensor in ours.items():
+        assert torch.allclose(tensor, theirs[name], rtol=1e-3, atol=1e-5), name
