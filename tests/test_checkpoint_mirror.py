@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -72,12 +73,15 @@ def test_upload_cut_before_the_marker_is_not_resumed_from(tmp_path):
     assert mirror.restore(tmp_path / "fresh") == tmp_path / "fresh" / "checkpoint-4"
 
 
-def _settings(work, registry):
-    return make_settings(work, data={"sources": [{"path": str(EXAMPLES / "batch1")}]}, train=TRAIN, registry=registry)
+def _settings(work, registry, stream: bool, **train):
+    data = {"sources": [{"path": str(EXAMPLES / "batch1")}], "store": "registry" if stream else "local"}
+    return make_settings(work, data=data, train={**TRAIN, "stream_data": stream, **train}, registry=registry)
 
 
-def test_run_killed_on_one_machine_resumes_from_s3_on_another_and_ends_like_an_uninterrupted_run(tmp_path, s3_settings):
-    first = _settings(tmp_path / "machine-1", s3_settings)
+# With stream_data the pod keeps nothing at all: data read from the bucket, checkpoints written there.
+@pytest.mark.parametrize("stream", [False, True], ids=["local-data", "streamed-data"])
+def test_run_killed_on_one_machine_resumes_from_s3_on_another_and_ends_like_an_uninterrupted_run(tmp_path, s3_settings, stream):
+    first = _settings(tmp_path / "machine-1", s3_settings, stream)
     dataset = jobs.ingest_sources(first)
     jobs.ensure_base_model(first)
     run_id = jobs.training_run_id(first, dataset.id)
@@ -100,8 +104,9 @@ def test_run_killed_on_one_machine_resumes_from_s3_on_another_and_ends_like_an_u
             job.kill()
     mirrored = max(mirror.complete_steps())
 
-    second = _settings(tmp_path / "machine-2", s3_settings)  # nothing of the first machine's work dir
-    assert jobs.ingest_sources(second).id == dataset.id
+    second = _settings(tmp_path / "machine-2", s3_settings, stream)  # nothing of the first machine's work dir
+    if not stream:
+        assert jobs.ingest_sources(second).id == dataset.id
     resumed = jobs.train_model(second, dataset.id)
     assert resumed.resumed_from is not None and resumed.resumed_from.endswith(f"checkpoint-{mirrored}")
     assert resumed.global_step == 24
@@ -110,8 +115,9 @@ def test_run_killed_on_one_machine_resumes_from_s3_on_another_and_ends_like_an_u
     steps = mirror.complete_steps()
     assert steps[-1] == 24 and len(steps) <= 2
 
-    local_only = make_settings(tmp_path / "machine-3", data={"sources": [{"path": str(EXAMPLES / "batch1")}]}, train={**TRAIN, "checkpoint_store": "local"})
-    jobs.ingest_sources(local_only)
+    local_only = _settings(tmp_path / "machine-3", s3_settings, stream, checkpoint_store="local")
+    if not stream:
+        jobs.ingest_sources(local_only)
     uninterrupted = jobs.train_model(local_only, dataset.id)
     assert uninterrupted.resumed_from is None
     ours, theirs = load_file(f"{resumed.adapter_dir}/adapter_model.safetensors"), load_file(f"{uninterrupted.adapter_dir}/adapter_model.safetensors")

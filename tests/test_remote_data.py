@@ -8,7 +8,8 @@ import pytest
 
 from fragua.dataset_store import ObjectDatasetStore
 from fragua.ingest import ingest
-from fragua.remote_data import stream_split, streaming_dataset
+from fragua.dataset_store import load_records
+from fragua.remote_data import stream_records, stream_split
 from fragua.s3 import S3Store
 from fragua.settings import DataSettings
 
@@ -30,11 +31,11 @@ def test_split_streams_in_stored_order_in_batches(stored, tmp_path):
     assert pa.Table.from_batches(batches).equals(expected)
 
 
-def test_streaming_dataset_yields_records_for_training(stored):
+def test_records_stream_as_the_stored_split_reads(stored):
     registry, manifest = stored
-    rows = list(streaming_dataset(registry, manifest.id, "validation", batch_size=4))
-    assert [r["id"] for r in rows] == pq.read_table(manifest.split_path("validation")).column("id").to_pylist()
-    assert rows[0]["messages"][0]["role"] in {"system", "user"}
+    assert list(stream_records(registry, manifest.id, "validation", batch_size=4)) == load_records(manifest, "validation")
+    domain = sorted(manifest.domains)[0]
+    assert list(stream_records(registry, manifest.id, "train", [domain], batch_size=5)) == load_records(manifest, "train", [domain])
 
 
 def test_missing_split_names_the_object(stored):

@@ -132,24 +132,25 @@ class DatasetStore(ABC):
     @abstractmethod
     def recall(self, key: str) -> str | None: ...
 
-    def manifest(self, ident: str) -> DatasetManifest:
+    def manifest(self, ident: str, *, fetch: bool = True) -> DatasetManifest:
+        """The version's manifest; ``fetch=False`` leaves a remote version's files where they are (streaming)."""
         folder = self.open(ident)
         if folder is None:
             raise FileNotFoundError(f"no dataset version {ident!r} in {self.describe()}")
         return load_manifest(folder)
 
-    def find(self, ident: str | None) -> DatasetManifest:
+    def find(self, ident: str | None, *, fetch: bool = True) -> DatasetManifest:
         """A version by id (or unique id prefix); None means the newest."""
         ids = self.ids()
         if ident is None:
             if not ids:
                 raise FileNotFoundError(f"no dataset versions under {self.describe()}; run `fragua ingest` first")
-            return self.manifest(ids[-1])
+            return self.manifest(ids[-1], fetch=fetch)
         matches = [i for i in ids if i.startswith(ident)]
         if len(matches) != 1:
             found = "no" if not matches else "several"
             raise FileNotFoundError(f"{found} dataset versions match {ident!r} under {self.describe()}")
-        return self.manifest(matches[0])
+        return self.manifest(matches[0], fetch=fetch)
 
 
 class LocalDatasetStore(DatasetStore):
@@ -272,6 +273,14 @@ class ObjectDatasetStore(DatasetStore):
             except OSError:
                 shutil.rmtree(partial, ignore_errors=True)
         return folder
+
+    def manifest(self, ident: str, *, fetch: bool = True) -> DatasetManifest:
+        if fetch:
+            return super().manifest(ident)
+        try:
+            return DatasetManifest.model_validate_json(self.objects.get_bytes(self._key(ident, MANIFEST))[0])
+        except NotFound:
+            raise FileNotFoundError(f"no dataset version {ident!r} in {self.describe()}") from None
 
     def ids(self) -> list[str]:
         manifests = [k for k in self.objects.list_keys(self.prefix + "/") if k.endswith(f"/{MANIFEST}") and k.count("/") == self.prefix.count("/") + 2]
@@ -482,12 +491,13 @@ def load_table(manifest: DatasetManifest, split: str, domains: list[str] | None 
     return pq.read_table(path)
 
 
+def record_from_row(row: dict[str, Any]) -> Record:
+    """A stored split's row (``meta`` kept as JSON text) as a Record."""
+    return Record.model_validate({**row, "meta": json.loads(row["meta"]) if row["meta"] else {}})
+
+
 def load_records(manifest: DatasetManifest, split: str, domains: list[str] | None = None) -> list[Record]:
-    records = []
-    for row in load_table(manifest, split, domains).to_pylist():
-        row["meta"] = json.loads(row["meta"]) if row["meta"] else {}
-        records.append(Record.model_validate(row))
-    return records
+    return [record_from_row(row) for row in load_table(manifest, split, domains).to_pylist()]
 
 
 def load_dataset_view(manifest: DatasetManifest, split: str, domains: list[str] | None = None) -> Any:

@@ -41,7 +41,8 @@ from .settings import Settings
 from .sources import file_sha256
 from .storage import LocalStore, ObjectStore
 from .tracking import tracking_run
-from .training import TrainReport, train
+from .remote_data import split_path, stream_records
+from .training import StreamedSplit, TrainReport, train
 
 BASE_MARKER = "fragua_base.json"
 logger = logging.getLogger("fragua.jobs")
@@ -90,6 +91,15 @@ def open_dataset_store(settings: Settings) -> DatasetStore:
 def dataset_split(settings: Settings, dataset: DatasetManifest, split: str) -> list[Record]:
     """A split of a dataset version as training and evaluation see it: only data.domains, if set."""
     return dataset_store.load_records(dataset, split, settings.data.domains)
+
+
+def streamed_split(settings: Settings, dataset: DatasetManifest, split: str) -> StreamedSplit:
+    """A split read from the registry's S3 bucket pass by pass (train.stream_data), only data.domains if set."""
+    unknown = sorted(set(settings.data.domains or ()) - set(dataset.domains))
+    if unknown:
+        raise ValueError(f"data.domains: dataset {dataset.id} has no domain {', '.join(map(repr, unknown))}; it has {', '.join(dataset.domains)}")
+    location = "s3://" + split_path(settings.registry, dataset.id, split)
+    return StreamedSplit(lambda: stream_records(settings.registry, dataset.id, split, settings.data.domains), location)
 
 
 def stats_tokenizer(settings: Settings) -> Path | None:
@@ -299,14 +309,22 @@ def train_model(
     job_type: str = "train",
 ) -> TrainReport:
     """Train (or resume, or return the finished) run for this dataset and these settings."""
-    dataset = open_dataset_store(settings).find(dataset_id)
+    # Incremental training picks its rows from the whole split, so it reads the split whole.
+    streaming = settings.train.stream_data and not settings.train.incremental
+    if settings.train.stream_data and not streaming:
+        logger.info("train.stream_data: incremental training selects among all train rows, so the split is read whole")
+    dataset = open_dataset_store(settings).find(dataset_id, fetch=not streaming)
     base = ensure_base_model(settings)
-    train_records = dataset_split(settings, dataset, "train")
-    start = incremental_start(settings, base, train_records) if settings.train.incremental else None
-    if start:
-        start_info, train_records = start
+    start_info = None
+    if streaming:
+        train_records: list[Record] | StreamedSplit = streamed_split(settings, dataset, "train")
+        eval_records = list(stream_records(settings.registry, dataset.id, "validation", settings.data.domains))
     else:
-        start_info = None
+        train_records = dataset_split(settings, dataset, "train")
+        eval_records = dataset_split(settings, dataset, "validation")
+        start = incremental_start(settings, base, train_records) if settings.train.incremental else None
+        if start:
+            start_info, train_records = start
     run_id = training_run_id(settings, dataset.id, start_info.version if start_info else None)
     run_dir = settings.runs_path / run_id
     finished = run_dir / "train_report.json"
@@ -331,7 +349,7 @@ def train_model(
             mirrored_checkpoints(settings, run_id, run_dir / "checkpoints"):
         common = dict(
             base_model=load_from, settings=train_settings, train_records=train_records,
-            eval_records=dataset_split(settings, dataset, "validation"), run_dir=run_dir, run_name=run_id,
+            eval_records=eval_records, run_dir=run_dir, run_name=run_id,
             init_adapter=init_adapter, deadline=deadline,
         )
         if train_settings.num_processes > 1:

@@ -13,6 +13,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from .dataset_store import record_from_row
+from .records import Record
 from .settings import RegistrySettings
 
 DATASETS_PREFIX = "datasets"
@@ -56,12 +58,10 @@ def stream_split(registry: RegistrySettings, dataset_id: str, split: str, batch_
         yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_size)
 
 
-def streaming_dataset(registry: RegistrySettings, dataset_id: str, split: str, batch_size: int = 1024) -> Any:
-    """The split as a ``datasets.IterableDataset`` of record rows, streamed from S3 (for the Trainer)."""
-    import datasets
-
-    def rows(registry: RegistrySettings, dataset_id: str, split: str) -> Iterator[dict[str, Any]]:
-        for batch in stream_split(registry, dataset_id, split, batch_size):
-            yield from batch.to_pylist()
-
-    return datasets.IterableDataset.from_generator(rows, gen_kwargs={"registry": registry, "dataset_id": dataset_id, "split": split})
+def stream_records(registry: RegistrySettings, dataset_id: str, split: str, domains: list[str] | None = None, batch_size: int = 1024) -> Iterator[Record]:
+    """The split's records in stored order (only ``domains``, if given), read from S3 as they are consumed."""
+    wanted = set(domains) if domains is not None else None
+    for batch in stream_split(registry, dataset_id, split, batch_size):
+        for row in batch.to_pylist():
+            if wanted is None or row["domain"] in wanted:
+                yield record_from_row(row)

@@ -363,6 +363,15 @@ class TrainSettings(Section):
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = Field("sdpa", description="Attention kernel; flash_attention_2 needs the flash-attn package and a GPU.")
     save_steps: int = Field(50, ge=1, description="Checkpoint every N optimiser steps; a retried run resumes from the newest complete one.")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk per run (and in the registry's storage with checkpoint_store 'registry').")
+    stream_data: bool = Field(
+        False,
+        description=(
+            "Read the train split straight from the registry's S3 bucket as training consumes it (pyarrow range reads, "
+            "no download of the dataset version): needs data.store 'registry' on registry.backend 's3' with registry.bucket. "
+            "The split is read once to count its trainable rows, then once per epoch through a shuffle buffer."
+        ),
+    )
+    shuffle_buffer: int = Field(10_000, ge=1, le=10_000_000, description="Rows in the shuffle buffer of a streamed train split (train.stream_data).")
     checkpoint_store: Literal["local", "registry"] = Field(
         "local",
         description=(
@@ -819,6 +828,14 @@ class Settings(BaseSettings):
                 f"validate.max_new_tokens ({self.validate.max_new_tokens}) must be below "
                 f"train.max_seq_length ({self.train.max_seq_length}) so prompts still fit"
             )
+        if self.train.stream_data:
+            if self.data.store != "registry" or self.registry.backend != "s3" or self.registry.bucket is None:
+                raise ValueError(
+                    "train.stream_data reads the train split from the registry's S3 bucket: set data.store = 'registry', "
+                    "registry.backend = 's3' and registry.bucket (a registry.storage_block cannot be streamed from)"
+                )
+            if self.train.num_processes > 1:
+                raise ValueError(f"train.stream_data trains in one process; train.num_processes is {self.train.num_processes}")
         if self.train.base_model is None and self.train.max_seq_length > self.train.tiny.max_position_embeddings:
             raise ValueError(
                 f"train.max_seq_length ({self.train.max_seq_length}) exceeds what the tiny base model accepts "

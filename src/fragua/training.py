@@ -11,10 +11,10 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pydantic import BaseModel, Field
 
@@ -58,6 +58,7 @@ class TrainReport(BaseModel):
     parent_version: str | None = Field(None, description="Registry version whose weights this run started from (incremental training).")
     incremental: dict[str, Any] | None = Field(None, description="Incremental training: new and replayed example counts.")
     tracking_run: str | None = None
+    streamed_from: str | None = Field(None, description="Where the train split was streamed from (train.stream_data), read as training went; None: read whole.")
     finished_at: str
 
 
@@ -82,6 +83,52 @@ def encode_records(tokenizer: Any, records: list[Record], max_length: int) -> En
             continue
         rows.append({"input_ids": encoded.input_ids, "labels": encoded.labels})
     return EncodedSplit(rows, truncated, dropped)
+
+
+@dataclass
+class StreamedSplit:
+    """A train split read from storage as it is consumed (no local copy): ``records`` opens a new
+    pass over it. Training streams it twice and more: once to count what is trainable (the step
+    count and the report), then once per epoch."""
+
+    records: Callable[[], Iterator[Record]]
+    description: str
+
+
+@dataclass
+class StreamTally:
+    """What one pass over a streamed split found: EncodedSplit's counts without keeping the rows."""
+
+    examples: int = 0
+    truncated: int = 0
+    dropped: int = 0
+    trained_tokens: int = 0
+    probe_rows: list[list[int]] = field(default_factory=list)
+
+
+def encoded_stream(tokenizer: Any, records: Iterator[Record], max_length: int, tally: StreamTally | None = None) -> Iterator[dict[str, list[int]]]:
+    """Rows to train on, encoded as they are read (those with no answer token left are skipped, as in encode_records)."""
+    for record in records:
+        encoded = encode_conversation(tokenizer, record.messages, max_length)
+        if tally is not None:
+            tally.truncated += encoded.truncated
+            tally.dropped += encoded.trained_tokens == 0
+        if encoded.trained_tokens == 0:
+            continue
+        if tally is not None:
+            tally.examples += 1
+            tally.trained_tokens += encoded.trained_tokens
+            if len(tally.probe_rows) < 3:
+                tally.probe_rows.append(encoded.input_ids[:16])
+        yield {"input_ids": encoded.input_ids, "labels": encoded.labels}
+
+
+def streamed_steps(settings: TrainSettings, examples: int, world_size: int = 1) -> int:
+    """Optimiser steps for ``settings.epochs`` over ``examples`` rows, as the Trainer counts them for a sized dataset."""
+    if settings.max_steps:
+        return settings.max_steps
+    batches = math.ceil(examples / (settings.batch_size * world_size))
+    return max(1, math.ceil(settings.epochs * math.ceil(batches / settings.gradient_accumulation_steps)))
 
 
 def checkpoint_step(path: Path) -> int:
@@ -281,7 +328,8 @@ def keep_cpu_4bit_training_layout(model: Any) -> None:
 
 
 def training_arguments(
-    settings: TrainSettings, checkpoints_dir: Path, *, report_to: list[str], run_name: str, has_eval: bool, plan: BatchingPlan
+    settings: TrainSettings, checkpoints_dir: Path, *, report_to: list[str], run_name: str, has_eval: bool, plan: BatchingPlan,
+    max_steps: int | None = None,
 ):
     from transformers import TrainingArguments
 
@@ -294,7 +342,7 @@ def training_arguments(
         output_dir=str(checkpoints_dir),
         run_name=run_name,
         num_train_epochs=settings.epochs,
-        max_steps=settings.max_steps or -1,
+        max_steps=max_steps or settings.max_steps or -1,
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
@@ -323,6 +371,9 @@ def training_arguments(
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        # accelerate would otherwise read a streamed split in process 0 and slice every batch
+        # tensor along its first dimension, which cuts a flattened batch's sequence boundaries.
+        accelerator_config={"dispatch_batches": False},
         dataloader_pin_memory=pick_device() == "cuda",
         # Without it accelerate does not set up several CPU processes (torchrun) as data parallel.
         use_cpu=pick_device() == "cpu",
@@ -333,7 +384,7 @@ def train(
     *,
     base_model: str,
     settings: TrainSettings,
-    train_records: list[Record],
+    train_records: list[Record] | StreamedSplit,
     eval_records: list[Record],
     run_dir: Path,
     report_to: list[str],
@@ -365,14 +416,25 @@ def train(
         if init_adapter is not None
         else load_tokenizer(base_model, trust_remote_code=settings.trust_remote_code, gguf_file=settings.gguf_file)
     )
-    train_split = encode_records(tokenizer, train_records, settings.max_seq_length)
     eval_split = encode_records(tokenizer, eval_records, settings.max_seq_length)
-    if not train_split.rows:
-        raise ValueError(f"no trainable examples: all {len(train_records)} lost their answer to train.max_seq_length={settings.max_seq_length}")
+    if isinstance(train_records, StreamedSplit):
+        tally = StreamTally()
+        for _ in encoded_stream(tokenizer, train_records.records(), settings.max_seq_length, tally):
+            pass
+        train_dataset = _streamed_dataset(tokenizer, train_records, settings)
+        max_steps = streamed_steps(settings, tally.examples)
+        logger.info("streaming the train split from %s: %d trainable examples, %d optimiser steps", train_records.description, tally.examples, max_steps)
+    else:
+        train_split = encode_records(tokenizer, train_records, settings.max_seq_length)
+        tally = StreamTally(len(train_split.rows), train_split.truncated, train_split.dropped, train_split.trained_tokens,
+                            [row["input_ids"][:16] for row in train_split.rows[:3]])
+        train_dataset, max_steps = Dataset.from_list(train_split.rows), None
+    if not tally.examples:
+        raise ValueError(f"no trainable examples: all {tally.dropped} lost their answer to train.max_seq_length={settings.max_seq_length}")
     # Seed again right before the adapters are created so their init does not depend on
     # how much randomness tokenisation or model loading consumed.
     set_seed(settings.seed)
-    built = build_model(base_model, settings, tokenizer, [row["input_ids"][:16] for row in train_split.rows[:3]], init_adapter=init_adapter)
+    built = build_model(base_model, settings, tokenizer, tally.probe_rows, init_adapter=init_adapter)
     logger.info("%s", built.plan.note)
     has_eval = bool(eval_split.rows)
     throughput = Throughput()
@@ -382,8 +444,9 @@ def train(
         callbacks.append(EarlyStoppingCallback(settings.early_stopping_patience, settings.early_stopping_threshold))
     trainer = _trainer_class()(
         model=built.model,
-        args=training_arguments(settings, checkpoints_dir, report_to=report_to, run_name=run_name, has_eval=has_eval, plan=built.plan),
-        train_dataset=Dataset.from_list(train_split.rows),
+        args=training_arguments(settings, checkpoints_dir, report_to=report_to, run_name=run_name, has_eval=has_eval, plan=built.plan,
+                                max_steps=max_steps),
+        train_dataset=train_dataset,
         eval_dataset=Dataset.from_list(eval_split.rows) if has_eval else None,
         data_collator=built.plan.collator(tokenizer),
         compute_loss_func=built.plan.loss_function,
@@ -417,10 +480,11 @@ def train(
         epochs=float(state.epoch or 0.0),
         train_loss=_last(state.log_history, "loss"),
         eval_loss=eval_loss,
-        examples=len(train_split.rows),
-        truncated=train_split.truncated,
-        dropped=train_split.dropped,
-        trained_tokens=train_split.trained_tokens,
+        examples=tally.examples,
+        truncated=tally.truncated,
+        dropped=tally.dropped,
+        trained_tokens=tally.trained_tokens,
+        streamed_from=train_records.description if isinstance(train_records, StreamedSplit) else None,
         resumed_from=str(resume) if resume else None,
         seconds=round(time.monotonic() - started, 2),
         log_history=state.log_history,
@@ -433,6 +497,17 @@ def train(
         num_processes=trainer.args.world_size,
         finished_at=datetime.now(timezone.utc).isoformat(),
     )
+
+
+def _streamed_dataset(tokenizer: Any, split: StreamedSplit, settings: TrainSettings) -> Any:
+    """The split as a shuffled ``datasets.IterableDataset`` of encoded rows; each epoch is a new pass
+    (the Trainer sets the epoch, which reseeds the shuffle buffer)."""
+    from datasets import IterableDataset
+
+    def rows() -> Iterator[dict[str, list[int]]]:
+        yield from encoded_stream(tokenizer, split.records(), settings.max_seq_length)
+
+    return IterableDataset.from_generator(rows).shuffle(seed=settings.seed, buffer_size=settings.shuffle_buffer)
 
 
 def _save(model: Any, tokenizer: Any, adapter_dir: Path, base_model: str, settings: TrainSettings) -> None:
