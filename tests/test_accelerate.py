@@ -1,4 +1,4 @@
-"""accelerate launch configs (DDP, FSDP, DeepSpeed ZeRO) from settings; DDP with two CPU processes through accelerate."""
+"""accelerate launch configs (DDP, FSDP, DeepSpeed ZeRO) from settings; DDP and FSDP with two CPU processes through accelerate."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pytest
 from accelerate.commands.config.config_args import ClusterConfig
 from accelerate.utils import DistributedType
 from pydantic import ValidationError
+from safetensors.torch import load_file
 
 from fragua import jobs
 from fragua.accelerate_config import accelerate_config, write_accelerate_config
@@ -55,8 +56,9 @@ def test_precision_auto_leaves_mixed_precision_to_the_trainer():
     assert accelerate_config(TrainSettings(accelerate={"strategy": "ddp"}), gpus=True)["mixed_precision"] == "no"
 
 
-def test_two_cpu_processes_through_accelerate_launch_train(tmp_path):
-    train = {"max_steps": 4, "save_steps": 4, "logging_steps": 2, "learning_rate": 3e-3, "batch_size": 4, "num_processes": 2, "accelerate": {"strategy": "ddp"}}
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_cpu_processes_through_accelerate_launch_train(tmp_path, strategy):
+    train = {"max_steps": 4, "save_steps": 4, "logging_steps": 2, "learning_rate": 3e-3, "batch_size": 4, "num_processes": 2, "accelerate": {"strategy": strategy}}
     settings = make_settings(tmp_path / "work", data={"sources": [{"path": str(EXAMPLES / "batch1")}]}, train=train)
     dataset = jobs.ingest_sources(settings)
     events = []
@@ -65,4 +67,8 @@ def test_two_cpu_processes_through_accelerate_launch_train(tmp_path):
     assert [e["step"] for e in events] == [2, 4]
     run = tmp_path / "work" / "runs" / report.run_id
     assert ClusterConfig.from_yaml_file(str(run / "accelerate_config.yaml")).num_processes == 2
-    assert (run / "model" / "adapter_model.safetensors").is_file()
+    # The saved adapter is whole (FSDP shards parameters across the processes while training).
+    adapter = load_file(run / "model" / "adapter_model.safetensors")
+    lora_a = [t for name, t in adapter.items() if "lora_A" in name]
+    assert lora_a and all(t.shape[0] == settings.train.lora.r and t.numel() > 0 for t in lora_a)
+    assert any(t.abs().sum() > 0 for name, t in adapter.items() if "lora_B" in name), "lora_B starts at zero: training changed it"

@@ -50,8 +50,10 @@ def accelerate_config(settings: TrainSettings, *, gpus: bool) -> dict[str, Any]:
             "fsdp_state_dict_type": "SHARDED_STATE_DICT",
             "fsdp_offload_params": options.offload == "cpu",
             "fsdp_use_orig_params": True,  # LoRA: frozen and trainable parameters share flat params
-            "fsdp_sync_module_states": True,
-            "fsdp_cpu_ram_efficient_loading": True,
+            # Process 0 loads the weights and broadcasts them; FSDP can do that on GPUs only, so
+            # CPU processes (gloo) each load the model themselves.
+            "fsdp_sync_module_states": gpus,
+            "fsdp_cpu_ram_efficient_loading": gpus,
             "fsdp_forward_prefetch": False,
             "fsdp_activation_checkpointing": False,
         }
