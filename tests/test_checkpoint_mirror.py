@@ -22,12 +22,25 @@ from .conftest import EXAMPLES, make_settings
 
 TRAIN = {"max_steps": 24, "save_steps": 4, "logging_steps": 1, "batch_size": 8, "save_total_limit": 2, "checkpoint_store": "registry"}
 
+# The training job in a process of its own. At step 10 it waits (up to a minute) until the
+# mirror has uploaded checkpoint-8, then reports the step: the test kills it there, so the
+# kill never races the upload however fast the machine trains.
 TRAIN_JOB = """
-import sys
+import sys, time
 from fragua import jobs
+from fragua.checkpoint_mirror import CheckpointMirror
 from fragua.settings import Settings
 settings = Settings.model_validate_json(sys.argv[1])
-jobs.train_model(settings, sys.argv[2], progress=lambda event: print("step", event["step"], flush=True))
+mirror = CheckpointMirror(jobs.open_store(settings), jobs.training_run_id(settings, sys.argv[2]), keep=2)
+
+def report(event):
+    if event["step"] == 10:
+        deadline = time.monotonic() + 60
+        while max(mirror.complete_steps(), default=0) < 8 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    print("step", event["step"], flush=True)
+
+jobs.train_model(settings, sys.argv[2], progress=report)
 """
 
 
@@ -94,15 +107,15 @@ def test_run_killed_on_one_machine_resumes_from_s3_on_another_and_ends_like_an_u
     try:
         assert job.stdout is not None
         for line in job.stdout:
-            # Kill the machine once the bucket holds a checkpoint past the first one.
-            if line.startswith("step") and max(mirror.complete_steps(), default=0) >= 8:
+            if line.split() == ["step", "10"]:
                 job.send_signal(signal.SIGKILL)
                 break
-        assert job.wait(timeout=180) == -signal.SIGKILL, "training ended before a second checkpoint reached the bucket"
+        assert job.wait(timeout=180) == -signal.SIGKILL, "training ended before step 10"
     finally:
         if job.poll() is None:
             job.kill()
     mirrored = max(mirror.complete_steps())
+    assert mirrored >= 8, "killed at step 10: checkpoint-8 (or a newer one) is in the bucket"
 
     second = _settings(tmp_path / "machine-2", s3_settings, stream)  # nothing of the first machine's work dir
     if not stream:
