@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -11,7 +12,7 @@ from fragua.dataset_store import DatasetManifest
 from fragua.settings import Settings
 
 from . import STORAGE_RETRY_DELAYS, transient_only
-from .scale import shard_mapper
+from .scale import expand_shards, shard_mapper
 
 
 def ingest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
@@ -38,7 +39,10 @@ def ingest_task(settings: Settings) -> DatasetManifest:
 
 @task(name="expand-train-split", retries=1, retry_delay_seconds=2, retry_condition_fn=transient_only, cache_policy=NO_CACHE)
 def expand_task(settings: Settings, dataset_id: str) -> DatasetManifest:
-    manifest = jobs.expand_dataset(settings, dataset_id)
+    # On threads the shards run inline: they are pure Python, so threads would only add task-run overhead.
+    sharded = settings.scale.task_runner != "threads" and settings.expand.expansion_factor > 1.0
+    with expand_shards(settings.scale) if sharded else nullcontext() as shards:
+        manifest = jobs.expand_dataset(settings, dataset_id, shards)
     report = manifest.report.get("expansion")
     if report is None:
         get_run_logger().info("dataset %s unchanged (expand.expansion_factor is 1.0)", dataset_id)

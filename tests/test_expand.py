@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import random
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from fragua import augment
-from fragua.expand import expand_train, screen
+from fragua.expand import Sharding, expand_train, screen
 from fragua.ingest import collect
 from fragua.records import CHOICE_LETTERS, Message, Record, from_alpaca, from_chat, from_multiple_choice, from_sharegpt, from_squad
 from fragua.settings import DataSettings, ExpandSettings
@@ -214,6 +215,34 @@ def test_exact_duplicates_are_dropped_after_expansion():
     contents = [tuple(m.content for m in r.messages) for r in expansion.records]
     assert len(contents) == len(set(contents))
     assert expansion.report["strategies"]["reformulation"]["duplicates"] >= 1
+
+
+class PoolShards:
+    """Shards on a thread pool, finishing in any order."""
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self.pool = pool
+
+    def share(self, guard, held_out):
+        return guard
+
+    def submit(self, work, guard=None):
+        return self.pool.submit(work.run, guard)
+
+
+def test_expansion_does_not_depend_on_where_or_how_finely_it_is_sharded():
+    data = DataSettings(sources=[{"path": str(EXAMPLES)}, {"path": str(FIXTURES)}], validation_fraction=0.3, max_chars=200,
+                        max_rejected_fraction=1.0)  # short enough that some variants are quarantined
+    records = collect(data).records
+    train = [r for r in records if r.split == "train"]
+    held_out = [r for r in records if r.split != "train"]
+    settings = ExpandSettings(expansion_factor=3.5)
+    inline = expand_train(train, settings, data, held_out=held_out)
+    with ThreadPoolExecutor(4) as pool:
+        for rows in (1, 3, 1000):
+            sharded = expand_train(train, settings, data, held_out=held_out, sharding=Sharding(PoolShards(pool), rows=rows, in_flight=2))
+            assert sharded.records == inline.records and sharded.report == inline.report and sharded.rejected == inline.rejected
+    assert len(inline.records) > len(train) and len({r.origin for r in inline.records}) >= 4 and inline.rejected
 
 
 def test_weights_must_name_enabled_strategies():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -112,3 +114,34 @@ def test_eval_batch_flow_scores_shards_as_tasks_like_one_process(prefect_api, ti
     for ours, theirs in zip(sharded.items, single.items):
         assert ours.answer_nll == pytest.approx(theirs.answer_nll, rel=1e-4, abs=1e-6) if theirs.answer_nll is not None else ours.answer_nll is None
     assert (tmp_path / "sharded.json").is_file()
+
+
+def test_expand_flow_on_a_two_worker_local_dask_cluster_gives_the_in_process_version(prefect_api, mixed, tmp_path):
+    from flows.ingest import expand_flow, ingest_flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    data = {"sources": [{"path": str(mixed)}], "max_rejected_fraction": 1.0, "batch_size": 1000}
+    expanded = {}
+    for runner in ("threads", "dask"):
+        settings = make_settings(tmp_path / runner, data=data, expand={"expansion_factor": 2.5},
+                                 scale={"task_runner": runner, "workers": 2, "expand_shard_rows": 700})
+        expanded[runner] = expand_flow(settings, ingest_flow(settings).id)
+    threads, dask = expanded["threads"], expanded["dask"]
+    assert dask.id == threads.id and dask.parent == threads.parent
+    assert dask.report == threads.report and dask.quarantined == threads.quarantined
+    report = threads.report["expansion"]
+    assert report["achieved_factor"] == pytest.approx(2.5, abs=1e-3) and len([s for s in report["strategies"].values() if s["added"]]) >= 3
+    for split in threads.counts:
+        assert pq.read_table(dask.split_path(split)).equals(pq.read_table(threads.split_path(split)))
+
+    async def shard_runs() -> list[str]:
+        async with get_client() as client:
+            runs = await client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="parents from")))
+            surveys = await client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="survey ")))
+            return [r.name for r in runs + surveys if r.state.is_completed()]
+
+    names = asyncio.run(shard_runs())
+    train_rows = report["train_before"]
+    assert sum(n.startswith("survey ") for n in names) == math.ceil(train_rows / 700)  # every train row surveyed on the cluster
+    assert sum("parents from" in n for n in names) > 3

@@ -1,4 +1,4 @@
-"""Sharded ingest on a local Ray (prefect-ray RayTaskRunner) gives the version a plain ingest gives.
+"""Sharded ingest and expand on a local Ray (prefect-ray RayTaskRunner) give the versions a plain run gives.
 
 A local Ray listens on the machine's address, never on loopback alone (Ray replaces
 127.0.0.1 by the node's IP). Servers started by tests must be reachable from this machine
@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from fragua.ingest import ingest
-from fragua.settings import DataSettings
+from fragua import jobs
+from fragua.settings import DataSettings, Settings
 
 from .test_scale import mixed  # noqa: F401  (module fixture: every bench format, 12,000 rows)
 
@@ -30,14 +31,17 @@ RUN_ON_RAY = """
 import json, sys
 import ray
 from prefect.client.orchestration import get_client
-from flows.ingest import ingest_flow
+from flows.ingest import expand_flow, ingest_flow
 from fragua.settings import Settings
 
-manifest = ingest_flow(Settings.model_validate_json(sys.argv[1]))
+settings = Settings.model_validate_json(sys.argv[1])
+manifest = ingest_flow(settings)
+expanded = expand_flow(settings, manifest.id)
 with get_client(sync_client=True) as client:
-    shard_runs = [run for run in client.read_task_runs(limit=200) if run.name.startswith("prepare ")]
-print(json.dumps({"manifest": json.loads(manifest.model_dump_json()), "ray_left_running": ray.is_initialized(),
-                  "shard_task_runs": len(shard_runs)}))
+    names = [run.name for run in client.read_task_runs(limit=200)]
+print(json.dumps({"manifest": json.loads(manifest.model_dump_json()), "expanded": expanded.id, "ray_left_running": ray.is_initialized(),
+                  "shard_task_runs": sum(n.startswith("prepare ") for n in names),
+                  "expand_task_runs": sum(n.startswith("survey ") or " parents from " in n for n in names)}))
 """
 
 
@@ -49,13 +53,13 @@ def _loopback_only_namespace() -> list[str] | None:
     return ["unshare", "-rn", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"] if probe.returncode == 0 else None
 
 
-def test_ingest_flow_on_a_local_ray_gives_the_default_runners_id(mixed, tmp_path):  # noqa: F811
+def test_ingest_and_expand_flows_on_a_local_ray_give_the_default_runners_ids(mixed, tmp_path):  # noqa: F811
     namespace = _loopback_only_namespace()
     if namespace is None:
         pytest.skip("needs `unshare -rn` (user and network namespaces) to keep the local Ray off the network")
     data = {"sources": [{"path": str(mixed)}], "max_rejected_fraction": 1.0, "batch_size": 1000}
-    settings = {"work_dir": str(tmp_path / "ray-work"), "tracking": {"mode": "disabled"}, "data": data,
-                "scale": {"task_runner": "ray", "workers": 2, "shard_bytes": 1 << 18}}
+    settings = {"work_dir": str(tmp_path / "ray-work"), "tracking": {"mode": "disabled"}, "data": data, "expand": {"expansion_factor": 2.0},
+                "scale": {"task_runner": "ray", "workers": 2, "shard_bytes": 1 << 18, "expand_shard_rows": 1500}}
     # Ray's socket paths must stay under 108 bytes, which pytest's tmp_path can exceed.
     ray_dir = tempfile.mkdtemp(prefix="ray-")
     env = {**os.environ, "HOME": str(tmp_path / "home"), "RAY_TMPDIR": ray_dir, "PREFECT_HOME": str(tmp_path / "prefect"),
@@ -75,3 +79,6 @@ def test_ingest_flow_on_a_local_ray_gives_the_default_runners_id(mixed, tmp_path
     assert {key: on_ray[key] for key in expected} == expected
     assert not result["ray_left_running"], "the task runner shuts down the Ray it started"
     assert result["shard_task_runs"] > 3, "the shards ran as prepare-shard task runs"
+    inline = Settings(**{**settings, "work_dir": tmp_path / "inline", "scale": {}})
+    assert result["expanded"] == jobs.expand_dataset(inline, jobs.ingest_sources(inline).id).id
+    assert result["expand_task_runs"] > 8, "expand's shards ran as prepare-expand-shard task runs"

@@ -13,6 +13,13 @@ leakage guard: a train row whose question nearly repeats a validation or test qu
 not expanded, and model-written rows are compared with those questions too. Model-written
 rows also go through near-duplicate removal when ``data.near_dedupe`` is on (template
 variants are near-duplicates of their parent by design, so it does not apply to them).
+
+The row-local work (the leakage check and eligibility of every train row; the rule-based
+variants of a run of parents, screened) comes in shards that a :class:`ShardRunner` runs
+anywhere: in this process, or as Prefect tasks on Dask or Ray. Each variant draws from a
+generator seeded by its strategy and parent, and shards are merged in order, so the
+expansion is the same whatever ran them and however they were cut. The order-dependent
+half (dedupe against what was added so far, the share of each strategy) stays here.
 """
 
 from __future__ import annotations
@@ -20,11 +27,11 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +42,7 @@ from .augment import Rejected, bare_question
 from .quality import NearDuplicates, apply_quality, check_lengths, message_texts
 from .records import Message, Record
 from .settings import MODEL_STRATEGIES, DataSettings, ExpandSettings
+from .shards import Pending, in_order
 from .textops import ROLE_CODES, conversation_ids, hex_ids, normalise
 
 # (prompts, seed) -> one generated text per prompt.
@@ -71,6 +79,18 @@ class Candidate:
     record: Record
     parent: Record
     question: str | None = None  # model-written question, checked against held-out questions
+    ident: str = ""  # content id, what exact dedupe compares
+    problem: tuple[str, str] | None = None  # (kind, reason) of a failed length or quality check
+
+
+def screened(candidates: list[Candidate], data: DataSettings) -> list[Candidate]:
+    """``candidates`` with their content ids and ingest's length and quality verdicts filled in."""
+    if candidates:
+        ids, errors = screen([c.record for c in candidates], data)
+        for row, (candidate, ident) in enumerate(zip(candidates, ids)):
+            candidate.ident = ident
+            candidate.problem = None if errors.ok[row] else (errors.kind(row), errors.reasons[row])
+    return candidates
 
 
 def _adapted(records: Sequence[Record]) -> Adapted:
@@ -193,26 +213,22 @@ class _Expander:
                               "reason": f"{strategy}: {reason}", "row": candidate_row})
 
     def accept(self, strategy: str, candidates: list[Candidate], *, model_written: bool) -> int:
-        """Check candidates in order and keep those that pass; returns how many were kept."""
-        if not candidates:
-            return 0
+        """Check screened candidates in order and keep those that pass; returns how many were kept."""
         tally = self.tallies[strategy]
-        ids, errors = screen([c.record for c in candidates], self.data)
-        near = self.near_index() if model_written else None
+        near = self.near_index() if model_written and candidates else None
         kept = 0
-        for row, (candidate, ident) in enumerate(zip(candidates, ids)):
-            record = candidate.record
-            dumped = record.model_dump(mode="json")
-            if not errors.ok[row]:
-                self.reject(strategy, dumped, candidate.parent, errors.kind(row), errors.reasons[row])
+        for candidate in candidates:
+            record, ident = candidate.record, candidate.ident
+            if candidate.problem is not None:
+                self.reject(strategy, record.model_dump(mode="json"), candidate.parent, *candidate.problem)
             elif ident in self.guard.ids:
-                self.reject(strategy, dumped, candidate.parent, "leak", "identical to a held-out (validation or test) record")
+                self.reject(strategy, record.model_dump(mode="json"), candidate.parent, "leak", "identical to a held-out (validation or test) record")
             elif candidate.question is not None and (why := self.guard.match(candidate.question)):
-                self.reject(strategy, dumped, candidate.parent, "leak", why)
+                self.reject(strategy, record.model_dump(mode="json"), candidate.parent, "leak", why)
             elif ident in self.seen:
                 tally.duplicates += 1
             elif near is not None and (match := near.check(_near_text(record), ident)):
-                self.reject(strategy, dumped, candidate.parent, "near_duplicate",
+                self.reject(strategy, record.model_dump(mode="json"), candidate.parent, "near_duplicate",
                             f"near-duplicate of record {match[0]} (estimated similarity {match[1]:.2f} >= data.near_dedupe_threshold={near.threshold})")
             else:
                 self.seen.add(ident)
@@ -234,43 +250,156 @@ def _near_text(record: Record) -> str:
     return f"{bare_question(record)}\n{record.reference}".lower()
 
 
-class _RuleProducer:
-    """Variants of one rule-based strategy, one per parent per round, parents in a seeded order."""
+def _rule(strategy: str, data: DataSettings) -> Callable[..., list[Record]]:
+    function = RULES[strategy]
+    return partial(function, no_answer_text=data.no_answer_text) if strategy == "squad_closed_book" else function
 
-    def __init__(self, expander: _Expander, strategy: str, parents: list[Record], rng: random.Random, limit: int) -> None:
+
+@dataclass(frozen=True)
+class SurveyShard:
+    """Train rows to look at before expanding: whether each asks (nearly) a held-out question,
+    and, if not, which strategies apply to it."""
+
+    records: list[Record]
+    strategies: tuple[str, ...]
+    data: DataSettings
+
+    @property
+    def label(self) -> str:
+        return f"survey {len(self.records)} train rows from {self.records[0].id}"
+
+    def run(self, guard: HeldOutGuard | None) -> list[tuple[bool, tuple[str, ...]]]:
+        assert guard is not None
+        results = []
+        for record in self.records:
+            resembles = guard.match(bare_question(record)) is not None
+            results.append((resembles, () if resembles else tuple(s for s in self.strategies if _eligible(s, record, self.data))))
+        return results
+
+
+@dataclass(frozen=True)
+class VariantShard:
+    """A run of parents of one rule-based strategy: up to ``limit`` variants of each, screened."""
+
+    strategy: str
+    parents: list[Record]
+    seed: int
+    limit: int
+    data: DataSettings
+
+    @property
+    def label(self) -> str:
+        return f"{self.strategy} of {len(self.parents)} parents from {self.parents[0].id}"
+
+    def run(self, guard: HeldOutGuard | None = None) -> list[list[Candidate]]:
+        function = _rule(self.strategy, self.data)
+        variants = [function(parent, random.Random(f"{self.seed}:{self.strategy}:{parent.id}"), self.limit) for parent in self.parents]
+        flat = screened([Candidate(v, parent) for parent, vs in zip(self.parents, variants) for v in vs], self.data)
+        per_parent, start = [], 0
+        for vs in variants:
+            per_parent.append(flat[start: start + len(vs)])
+            start += len(vs)
+        return per_parent
+
+
+ExpandShard = SurveyShard | VariantShard
+
+
+class ShardRunner(Protocol):
+    def share(self, guard: HeldOutGuard, held_out: Sequence[Record]) -> Any:
+        """A handle to ``guard`` (built from ``held_out``) that shards can use, sent to each worker at most once."""
+
+    def submit(self, work: ExpandShard, guard: Any = None) -> Pending[Any]:
+        """Start ``work.run(guard)`` (``guard``: a handle from :meth:`share`); the result comes later."""
+
+
+class _Deferred:
+    def __init__(self, work: ExpandShard, guard: HeldOutGuard | None) -> None:
+        self.work, self.guard = work, guard
+
+    def result(self) -> Any:
+        return self.work.run(self.guard)
+
+
+class InProcess:
+    """Shards run here, when their result is asked for: no work is done ahead of the merge."""
+
+    def share(self, guard: HeldOutGuard, held_out: Sequence[Record]) -> HeldOutGuard:
+        return guard
+
+    def submit(self, work: ExpandShard, guard: Any = None) -> _Deferred:
+        return _Deferred(work, guard)
+
+
+@dataclass(frozen=True)
+class Sharding:
+    runner: ShardRunner = field(default_factory=InProcess)
+    rows: int = 8192  # most train rows per survey shard, parents per variant shard
+    in_flight: int = 3  # survey shards submitted and not yet merged
+
+    def cut(self, records: Sequence[Record]) -> list[list[Record]]:
+        return [list(records[i: i + self.rows]) for i in range(0, len(records), self.rows)]
+
+
+class _RuleProducer:
+    """Variants of one rule-based strategy, one per parent per round, parents in a seeded order.
+    Shards are asked for as the merge needs parents, so no variant is made that is not looked at
+    (short of rejects)."""
+
+    def __init__(self, expander: _Expander, strategy: str, parents: list[Record], rng: random.Random, limit: int, sharding: Sharding) -> None:
         self.expander = expander
         self.strategy = strategy
-        self.function = RULES[strategy]
-        if strategy == "squad_closed_book":
-            self.function = partial(self.function, no_answer_text=expander.data.no_answer_text)
-        self.rng = rng
         self.limit = limit
+        self.sharding = sharding
         self.order = list(parents)
         rng.shuffle(self.order)
+        self.pending: deque[Pending[list[list[Candidate]]]] = deque()
+        self.submitted = 0  # parents in shards asked for
+        self.reached = 0  # parents whose variants the merge has reached
+        self.wanted = 0  # rows the current take still needs
         self.stream = self._rounds()
         self.exhausted = False
 
+    def ask(self, rows: int) -> None:
+        """Shards (of at most sharding.rows parents, as even as may be) for the next ``rows`` parents not yet asked for."""
+        target = min(len(self.order), self.reached + rows)
+        if target <= self.submitted:
+            return
+        size = math.ceil((target - self.submitted) / math.ceil((target - self.submitted) / self.sharding.rows))
+        while self.submitted < target:
+            stop = min(target, self.submitted + size)
+            work = VariantShard(self.strategy, self.order[self.submitted: stop], self.expander.settings.seed, self.limit, self.expander.data)
+            self.pending.append(self.sharding.runner.submit(work))
+            self.submitted = stop
+
+    def _per_parent(self) -> Iterator[list[Candidate]]:
+        while self.reached < len(self.order):
+            if not self.pending:
+                self.ask(max(1, self.wanted))
+            for variants in self.pending.popleft().result():
+                self.reached += 1
+                yield variants
+
     def _rounds(self) -> Iterator[Candidate]:
-        variants: dict[int, list[Record]] = {}
-        active = list(range(len(self.order)))
-        turn = 0
+        seen: list[list[Candidate]] = []
+        for variants in self._per_parent():
+            seen.append(variants)
+            if variants:
+                yield variants[0]
+        active = [variants for variants in seen if len(variants) > 1]
+        turn = 1
         while active:
-            still = []
-            for index in active:
-                if index not in variants:
-                    variants[index] = self.function(self.order[index], self.rng, self.limit)
-                if turn < len(variants[index]):
-                    yield Candidate(variants[index][turn], self.order[index])
-                    still.append(index)
-                else:
-                    del variants[index]
-            active = still
+            for variants in active:
+                yield variants[turn]
             turn += 1
+            active = [variants for variants in active if len(variants) > turn]
 
     def take(self, count: int) -> int:
         kept = 0
         while kept < count:
-            batch = list(islice(self.stream, count - kept))
+            self.wanted = count - kept
+            self.ask(self.wanted)
+            batch = list(islice(self.stream, self.wanted))
             if not batch:
                 break
             kept += self.expander.accept(self.strategy, batch, model_written=False)
@@ -313,17 +442,13 @@ class _ModelProducer:
                     self.expander.reject(self.strategy, {"generated": text}, parent, rejected.kind, str(rejected))
                     continue
                 candidates.append(Candidate(record, parent, question))
-            kept += self.expander.accept(self.strategy, candidates, model_written=True)
+            kept += self.expander.accept(self.strategy, screened(candidates, self.expander.data), model_written=True)
         return kept
 
 
 def _eligible(strategy: str, record: Record, data: DataSettings) -> bool:
-    probe = random.Random(0)
     if strategy in RULES:
-        function = RULES[strategy]
-        if strategy == "squad_closed_book":
-            return bool(function(record, probe, 1, no_answer_text=data.no_answer_text))
-        return bool(function(record, probe, 1))
+        return bool(_rule(strategy, data)(record, random.Random(0), 1))
     return PROMPTS[strategy][0](record) is not None
 
 
@@ -336,6 +461,9 @@ def _fill(expander: _Expander, producers: dict[tuple[str, str], _RuleProducer | 
         if not open_keys:
             break
         quotas = _apportion(count - added, {key: expander.tallies[key[1]].weight for key in open_keys})
+        for key in open_keys:  # every producer's shards under way before the first is merged
+            if isinstance(producers[key], _RuleProducer):
+                producers[key].ask(quotas[key])
         for key in open_keys:
             if quotas[key] == 0:
                 continue
@@ -355,13 +483,16 @@ def expand_train(
     held_out: Sequence[Record] = (),
     generator: Generator | None = None,
     generator_label: str | None = None,
+    sharding: Sharding | None = None,
 ) -> Expansion:
     """The train split plus augmentations toward ``expansion_factor``, what was rejected, and a report.
 
     ``held_out``: the validation and test records, kept out of what is added.
     ``generator``: writes text for the model-based strategies (required when one is enabled).
+    ``sharding``: where the row-local work runs (default: here); the result does not depend on it.
     """
     data = data or DataSettings()
+    sharding = sharding or Sharding()
     if settings.model_strategies and generator is None:
         raise ValueError(f"expand.strategies {settings.model_strategies} need a generator model (expand.generation.model)")
     train = list(train)
@@ -369,28 +500,31 @@ def expand_train(
     expander = _Expander(train, settings, data, guard)
     needed = max(0, math.ceil(len(train) * settings.expansion_factor - 1e-9) - len(train))
     notes: list[str] = []
-    resembling = [r for r in train if r.origin == "original" and guard.match(bare_question(r))]
-    skipped = {r.id for r in resembling}
-    parents = [r for r in train if r.origin == "original" and r.id not in skipped]
+    originals = [r for r in train if r.origin == "original"]
+    shared = sharding.runner.share(guard, held_out) if originals else None
+    surveys = (SurveyShard(rows, tuple(settings.strategies), data) for rows in sharding.cut(originals))
+    verdicts = [v for shard in in_order(lambda work: sharding.runner.submit(work, shared), surveys, sharding.in_flight) for v in shard]
+    resembling = sum(resembles for resembles, _ in verdicts)
     if resembling:
-        notes.append(f"{len(resembling)} train rows ask (nearly) the same question as a validation or test row; they were not expanded")
+        notes.append(f"{resembling} train rows ask (nearly) the same question as a validation or test row; they were not expanded")
 
+    eligible: dict[tuple[str, str], list[Record]] = defaultdict(list)
+    for record, (_, strategies) in zip(originals, verdicts):
+        for strategy in strategies:
+            eligible[record.domain, strategy].append(record)
     producers: dict[tuple[str, str], _RuleProducer | _ModelProducer] = {}
-    by_domain: dict[str, list[Record]] = defaultdict(list)
-    for record in parents:
-        by_domain[record.domain].append(record)
     for strategy in settings.strategies:
-        for domain in sorted(by_domain):
-            eligible = [r for r in by_domain[domain] if _eligible(strategy, r, data)]
-            expander.tallies[strategy].eligible += len(eligible)
-            if not eligible:
+        for domain in sorted({r.domain for r in originals}):
+            parents = eligible.get((domain, strategy), [])
+            expander.tallies[strategy].eligible += len(parents)
+            if not parents:
                 continue
             rng = random.Random(f"{settings.seed}:{domain}:{strategy}")
             if strategy in RULES:
-                producers[domain, strategy] = _RuleProducer(expander, strategy, eligible, rng, max(1, math.ceil(needed / len(eligible))))
+                producers[domain, strategy] = _RuleProducer(expander, strategy, parents, rng, max(1, math.ceil(needed / len(parents))), sharding)
             else:
                 assert generator is not None
-                producers[domain, strategy] = _ModelProducer(expander, strategy, eligible, rng, generator)
+                producers[domain, strategy] = _ModelProducer(expander, strategy, parents, rng, generator)
         if not expander.tallies[strategy].eligible:
             notes.append(f"{strategy}: no train row it applies to")
 
@@ -410,7 +544,7 @@ def expand_train(
         _fill(expander, producers, remaining)
     if len(expander.added) < needed:
         notes.append(f"every strategy ran out of new variants: {len(expander.added)} of {needed} rows added")
-    report = _report(train, expander, settings, needed, guard, len(resembling), notes, generator_label)
+    report = _report(train, expander, settings, needed, guard, resembling, notes, generator_label)
     return Expansion(train + expander.added, report, expander.rejected)
 
 

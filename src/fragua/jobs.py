@@ -24,7 +24,7 @@ from .base_model import build_tiny_base
 from .checkpoint_mirror import CheckpointMirror, MirrorWatch
 from .dataset_store import DatasetManifest, DatasetStore, LocalDatasetStore, ObjectDatasetStore
 from .evaluation import Evaluation, evaluate
-from .expand import expand_train
+from .expand import HeldOutGuard, InProcess, Sharding, ShardRunner, expand_train
 from .gates import Decision, decide
 from .ingest import IngestError, ingest, sources_fingerprint
 from . import shards
@@ -191,9 +191,25 @@ def expansion_generator(settings: Settings) -> tuple[Any, str]:
     return TextGenerator(load_model(settings, choice), settings.expand.generation), choice.label
 
 
-def expand_dataset(settings: Settings, dataset_id: str) -> DatasetManifest:
+def expand_sharding(settings: Settings, runner: ShardRunner | None = None) -> Sharding:
+    """Expand's shards cut by scale settings, run by ``runner`` (default: in this process)."""
+    return Sharding(runner or InProcess(), settings.scale.expand_shard_rows, settings.scale.shards_in_flight)
+
+
+def held_out_guard(held_out: bytes, threshold: float) -> HeldOutGuard:
+    """The leakage guard, built where the shards run from the packed held-out records."""
+    return HeldOutGuard(shards.unpack(held_out), threshold)
+
+
+def prepare_expand_shard(work: bytes, guard: HeldOutGuard | None) -> bytes:
+    """A packed expand shard run; the result packed."""
+    return shards.pack(shards.unpack(work).run(guard))
+
+
+def expand_dataset(settings: Settings, dataset_id: str, runner: ShardRunner | None = None) -> DatasetManifest:
     """A child dataset version whose train split is expanded; validation and test copied unchanged.
-    With expand.expansion_factor 1.0 the version itself is returned."""
+    With expand.expansion_factor 1.0 the version itself is returned. ``runner``: where expand's
+    shards run (Prefect tasks on scale.task_runner); the version does not depend on it."""
     store = open_dataset_store(settings)
     parent = store.find(dataset_id)
     if settings.expand.expansion_factor <= 1.0:
@@ -201,7 +217,10 @@ def expand_dataset(settings: Settings, dataset_id: str) -> DatasetManifest:
     train_records = dataset_store.load_records(parent, "train")
     held_out = dataset_store.load_records(parent, "validation") + dataset_store.load_records(parent, "test")
     generator, label = expansion_generator(settings) if settings.expand.model_strategies else (None, None)
-    expansion = expand_train(train_records, settings.expand, settings.data, held_out=held_out, generator=generator, generator_label=label)
+    expansion = expand_train(
+        train_records, settings.expand, settings.data, held_out=held_out, generator=generator, generator_label=label,
+        sharding=expand_sharding(settings, runner),
+    )
     logger.info("expanded %s: %s", parent.id, {k: expansion.report[k] for k in ("train_before", "train_after", "achieved_factor")})
     return dataset_store.write_dataset_version(
         store,

@@ -176,7 +176,7 @@ class NearDuplicates:
         self.ngram = ngram
         self._template = MinHash(num_perm=num_perm, seed=1, hashfunc=xxhash.xxh32_intdigest)
         # Bands are indexed by an 8-byte digest instead of their num_perm/b × 4 bytes.
-        self._index = MinHashLSH(threshold=threshold, num_perm=num_perm, hashfunc=lambda band: xxhash.xxh3_64_digest(band))
+        self._index = MinHashLSH(threshold=threshold, num_perm=num_perm, hashfunc=xxhash.xxh3_64_digest)
         self._signatures = np.empty((1024, num_perm), dtype=self._template.hashvalues.dtype)
         self._ids: list[str] = []
 

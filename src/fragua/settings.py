@@ -750,13 +750,13 @@ warnings.filterwarnings("ignore", message='Field name "validate"', category=User
 
 
 class ScaleSettings(Section):
-    """Where per-shard work (ingest's row preparation) runs: threads here, or a Dask / Ray cluster."""
+    """Where per-shard work (ingest's row preparation, expand's row checks and variants, batch evaluation) runs: here, or a Dask / Ray cluster."""
 
     task_runner: Literal["threads", "dask", "ray"] = Field(
         "threads",
         description=(
             "Prefect task runner of the per-shard tasks: 'threads' (this process: ThreadPoolTaskRunner for batch evaluation; "
-            "ingest streams with its own reader/writer threads, faster here than per-shard task runs), 'dask' "
+            "ingest streams with its own reader/writer threads and expand runs its shards inline, faster here than per-shard task runs), 'dask' "
             "(prefect-dask DaskTaskRunner: a local cluster, or scale.address), 'ray' (prefect-ray RayTaskRunner: "
             "a local Ray, or scale.address). The dataset version id does not depend on it."
         ),
@@ -772,11 +772,15 @@ class ScaleSettings(Section):
         16 << 20, ge=1 << 16, le=1 << 34,
         description="Target size of one shard: JSONL files are cut at the first line start after every this many bytes, Parquet files between row groups; other inputs are one shard each.",
     )
+    expand_shard_rows: int = Field(
+        8192, ge=1, le=1_000_000,
+        description="Most train rows per expand shard (leakage check and eligibility), and parents per shard of rule-based variants; the expanded dataset does not depend on it.",
+    )
     eval_shard_items: int = Field(
         256, ge=1, le=1_000_000, description="Questions per shard of a batch evaluation (each shard loads the model once: one per worker or GPU)."
     )
     shards_in_flight: int = Field(
-        3, ge=1, le=4096, description="Shards submitted and not yet merged: bounds the memory of the results waiting to be merged in order."
+        3, ge=1, le=4096, description="Shards submitted and not yet merged: bounds the memory of the results waiting to be merged in order (expand asks for variant shards as its merge needs them)."
     )
 
     @model_validator(mode="after")

@@ -11,10 +11,11 @@ dataset version id is the same whatever ran the shards, and the same as a plain 
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import Future, ThreadPoolExecutor
+import pickle
+from concurrent.futures import ThreadPoolExecutor
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
 import pyarrow as pa
 
@@ -134,6 +135,34 @@ def prepare_shard(work: ShardWork) -> list[Any]:
 
 
 ShardMapper = Callable[[Iterator[ShardWork]], Iterator[list[Any]]]
+W = TypeVar("W")
+R = TypeVar("R")
+
+
+class Pending(Protocol[R]):
+    def result(self) -> R: ...
+
+
+def pack(value: Any) -> bytes:
+    """``value`` as one opaque blob: cheap for task runners to hash, send and store, unlike many small objects."""
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpack(blob: bytes) -> Any:
+    """What :func:`pack` packed (only ever blobs this process's own shards made)."""
+    return pickle.loads(blob)
+
+
+def in_order(submit: Callable[[W], Pending[R]], works: Iterable[W], in_flight: int) -> Iterator[R]:
+    """Results of ``works`` in their order, at most ``in_flight`` submitted and not yet taken:
+    shards run anywhere while the caller merges them one by one, with bounded memory."""
+    pending: deque[Pending[R]] = deque()
+    for work in works:
+        pending.append(submit(work))
+        while len(pending) >= in_flight:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def threaded_mapper(workers: int, in_flight: int) -> ShardMapper:
@@ -141,12 +170,6 @@ def threaded_mapper(workers: int, in_flight: int) -> ShardMapper:
 
     def run(works: Iterator[ShardWork]) -> Iterator[list[Any]]:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fragua-shard") as pool:
-            pending: deque[Future[list[Any]]] = deque()
-            for work in works:
-                pending.append(pool.submit(prepare_shard, work))
-                while len(pending) >= in_flight:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
+            yield from in_order(lambda work: pool.submit(prepare_shard, work), works, in_flight)
 
     return run
