@@ -1,12 +1,14 @@
-"""The ingest benchmark runs end to end on a small size (its timings are not asserted)."""
+"""The ingest and expand benchmarks run end to end on a small size (their timings are not asserted)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 BENCH = Path(__file__).parents[1] / "bench" / "ingest.py"
+EXPAND_BENCH = BENCH.with_name("expand.py")
 
 
 def test_ingest_benchmark_prints_rates_memory_and_the_baseline_ratio(tmp_path):
@@ -21,3 +23,14 @@ def test_ingest_benchmark_prints_rates_memory_and_the_baseline_ratio(tmp_path):
     assert sorted(p.name for p in (tmp_path / "data").glob("*.jsonl")) == sorted(
         ["alpaca.jsonl", "broken.jsonl", "chat.jsonl", "head_qa.jsonl", "multiple_choice.jsonl", "prompt_completion.jsonl", "sharegpt.jsonl", "squad.jsonl"]
     )
+
+
+def test_expand_benchmark_compares_inline_and_dask_and_checks_the_ids(tmp_path):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "HOME": str(tmp_path / "home")}
+    env.pop("PREFECT_API_URL", None)
+    done = subprocess.run(
+        [sys.executable, str(EXPAND_BENCH), "--rows", "3000", "--shard-rows", "300"],
+        capture_output=True, text=True, timeout=600, check=False, env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ratio inline / dask" in done.stdout and "dataset id identical" in done.stdout
