@@ -212,6 +212,9 @@ class _Expander:
         self.rejected.append({"source": parent.source, "location": f"expand:{strategy}:parent {parent.id}", "kind": kind,
                               "reason": f"{strategy}: {reason}", "row": candidate_row})
 
+    def _reject_candidate(self, strategy: str, candidate: Candidate, kind: str, reason: str) -> None:
+        self.reject(strategy, candidate.record.model_dump(mode="json"), candidate.parent, kind, reason)
+
     def accept(self, strategy: str, candidates: list[Candidate], *, model_written: bool) -> int:
         """Check screened candidates in order and keep those that pass; returns how many were kept."""
         tally = self.tallies[strategy]
@@ -220,16 +223,16 @@ class _Expander:
         for candidate in candidates:
             record, ident = candidate.record, candidate.ident
             if candidate.problem is not None:
-                self.reject(strategy, record.model_dump(mode="json"), candidate.parent, *candidate.problem)
+                self._reject_candidate(strategy, candidate, *candidate.problem)
             elif ident in self.guard.ids:
-                self.reject(strategy, record.model_dump(mode="json"), candidate.parent, "leak", "identical to a held-out (validation or test) record")
+                self._reject_candidate(strategy, candidate, "leak", "identical to a held-out (validation or test) record")
             elif candidate.question is not None and (why := self.guard.match(candidate.question)):
-                self.reject(strategy, record.model_dump(mode="json"), candidate.parent, "leak", why)
+                self._reject_candidate(strategy, candidate, "leak", why)
             elif ident in self.seen:
                 tally.duplicates += 1
             elif near is not None and (match := near.check(_near_text(record), ident)):
-                self.reject(strategy, record.model_dump(mode="json"), candidate.parent, "near_duplicate",
-                            f"near-duplicate of record {match[0]} (estimated similarity {match[1]:.2f} >= data.near_dedupe_threshold={near.threshold})")
+                self._reject_candidate(strategy, candidate, "near_duplicate",
+                                       f"near-duplicate of record {match[0]} (estimated similarity {match[1]:.2f} >= data.near_dedupe_threshold={near.threshold})")
             else:
                 self.seen.add(ident)
                 record.id = ident

@@ -191,11 +191,6 @@ def expansion_generator(settings: Settings) -> tuple[Any, str]:
     return TextGenerator(load_model(settings, choice), settings.expand.generation), choice.label
 
 
-def expand_sharding(settings: Settings, runner: ShardRunner | None = None) -> Sharding:
-    """Expand's shards cut by scale settings, run by ``runner`` (default: in this process)."""
-    return Sharding(runner or InProcess(), settings.scale.expand_shard_rows, settings.scale.shards_in_flight)
-
-
 def held_out_guard(held_out: bytes, threshold: float) -> HeldOutGuard:
     """The leakage guard, built where the shards run from the packed held-out records."""
     return HeldOutGuard(shards.unpack(held_out), threshold)
@@ -219,7 +214,7 @@ def expand_dataset(settings: Settings, dataset_id: str, runner: ShardRunner | No
     generator, label = expansion_generator(settings) if settings.expand.model_strategies else (None, None)
     expansion = expand_train(
         train_records, settings.expand, settings.data, held_out=held_out, generator=generator, generator_label=label,
-        sharding=expand_sharding(settings, runner),
+        sharding=Sharding(runner or InProcess(), settings.scale.expand_shard_rows, settings.scale.shards_in_flight),
     )
     logger.info("expanded %s: %s", parent.id, {k: expansion.report[k] for k in ("train_before", "train_after", "achieved_factor")})
     return dataset_store.write_dataset_version(
