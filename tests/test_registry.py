@@ -128,6 +128,25 @@ def test_fetch_verifies_checksums(store, tmp_path):
     assert not (tmp_path / "cache2" / v1).exists()
 
 
+def _fetch(spec: tuple[str, str, str, str], version: str, cache: str) -> str:
+    return str(opened(spec).fetch(version, Path(cache)))
+
+
+def test_concurrent_fetches_of_one_version_into_one_cache_all_get_a_verified_copy(store, tmp_path):
+    reg = registry(store)
+    files = version_files(tmp_path / "src", "big")
+    files["adapter_model.safetensors"].write_bytes(b"w" * (8 << 20))  # a download long enough to overlap
+    version = reg.allocate("tiny")
+    reg.publish(version, files, {})
+    with ProcessPoolExecutor(4) as pool:
+        for attempt in range(3):
+            cache = tmp_path / f"cache{attempt}"
+            paths = list(pool.map(_fetch, [reopen(store)] * 4, [version] * 4, [str(cache)] * 4))
+            assert set(paths) == {str(cache / version)}
+            assert reg._verified(cache / version, reg.manifest(version))
+            assert [p.name for p in cache.iterdir()] == [version]  # no staging folder left behind
+
+
 def _allocate(spec: tuple[str, str, str, str]) -> str:
     return opened(spec).allocate("tiny")
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import re
 import shutil
+import tempfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -243,18 +244,25 @@ class Registry:
         target = cache_root / version
         if target.is_dir() and self._verified(target, manifest):
             return target
-        staging = cache_root / f".{version}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        prefix = self.version_prefix(version)
-        total = sum(entry.size for entry in manifest.files.values())
-        with self.progress(f"downloading {version}", total) as progress:
-            self.store.get_files([(f"{prefix}/{relative}", staging / relative) for relative in manifest.files], progress)
-        if not self._verified(staging, manifest):
+        # A staging folder of its own: processes sharing a work dir may fetch the same version at once.
+        cache_root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".partial", dir=cache_root))
+        try:
+            prefix = self.version_prefix(version)
+            total = sum(entry.size for entry in manifest.files.values())
+            with self.progress(f"downloading {version}", total) as progress:
+                self.store.get_files([(f"{prefix}/{relative}", staging / relative) for relative in manifest.files], progress)
+            if not self._verified(staging, manifest):
+                raise RegistryError(f"version {version} in {self.describe()} failed checksum verification; re-publish it")
+            (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+            try:
+                staging.rename(target)
+            except OSError:  # a copy is in the way: a concurrent fetch's (keep it) or a stale one (replace it)
+                if not (target.is_dir() and self._verified(target, manifest)):
+                    shutil.rmtree(target, ignore_errors=True)
+                    staging.rename(target)
+        finally:
             shutil.rmtree(staging, ignore_errors=True)
-            raise RegistryError(f"version {version} in {self.describe()} failed checksum verification; re-publish it")
-        (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
         return target
 
     @staticmethod
