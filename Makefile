@@ -33,8 +33,10 @@ demo: install
 	$(FRAGUA) --work-dir $(DEMO_DIR) rollback
 	$(FRAGUA) --work-dir $(DEMO_DIR) versions
 
+# Two workers (pytest-xdist): the suite spends much of its time in subprocesses and servers,
+# so two cores run it in about half the time; tests/conftest.py starts one Prefect server for all.
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist worksteal
 
 # Register the block types, create the process work pool (once) and every deployment in
 # deployments/prefect.yaml on the Prefect server named by PREFECT_API_URL.

@@ -37,7 +37,8 @@ def main() -> None:
     parser.add_argument("--shard-rows", type=int, default=None, help="scale.expand_shard_rows (default: the setting's default)")
     options = parser.parse_args()
 
-    from flows.ingest import expand_flow, ingest_flow
+    from fragua.flows.expand import expand_flow
+    from fragua.flows.ingest import ingest_flow
     from fragua.settings import Settings
 
     folder = Path(tempfile.mkdtemp(prefix="fragua-bench-expand-"))

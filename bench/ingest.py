@@ -204,7 +204,7 @@ def measure_baseline(folder: Path) -> dict:
 
 
 def measure_ingest(folder: Path, near: bool, batch_size: int | None, runner: str | None = None, workers: int = 2) -> dict:
-    from fragua.ingest import ingest
+    from fragua.data.ingest import ingest
     from fragua.settings import DataSettings
 
     extra = {"batch_size": batch_size} if batch_size else {}
@@ -212,7 +212,7 @@ def measure_ingest(folder: Path, near: bool, batch_size: int | None, runner: str
     sharding = {}
     if runner:
         from fragua.settings import ScaleSettings
-        from tasks.scale import shard_mapper
+        from fragua.tasks.scale import shard_mapper
 
         scale = ScaleSettings(task_runner=runner, workers=workers)
         sharding = {"map_shards": shard_mapper(scale), "shard_bytes": scale.shard_bytes}

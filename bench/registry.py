@@ -32,11 +32,10 @@ import urllib.request
 from pathlib import Path
 
 import boto3
-from boto3.s3.transfer import TransferConfig
 
-from fragua.registry import Registry
-from fragua.s3 import S3Store, transfer_config
+from fragua.registry.versions import Registry
 from fragua.settings import RegistrySettings
+from fragua.storage.s3 import S3Store, transfer_config
 
 ACCESS_KEY, SECRET_KEY, REGION, BUCKET = "bench-key", "bench-secret", "us-east-1", "fragua-bench"
 MB = 1024 * 1024

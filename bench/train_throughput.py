@@ -22,12 +22,13 @@ from pathlib import Path
 
 import torch
 
-from fragua.base_model import build_tiny_base
-from fragua.chat import IGNORE_INDEX
-from fragua.modeling import load_tokenizer
-from fragua.records import Message, Record
+from fragua.data.records import Message, Record
+from fragua.models.loading import load_tokenizer
+from fragua.models.templates import IGNORE_INDEX
+from fragua.models.tiny import build_tiny_base
 from fragua.settings import TinyBaseSettings, TrainSettings, resource_path
-from fragua.training import encode_records, train
+from fragua.train.data import encode_records
+from fragua.train.trainer import train
 
 MIN_TOKENS, MAX_TOKENS = 16, 512
 
@@ -98,7 +99,7 @@ def run_baseline(base: Path, rows: list[dict], settings: TrainSettings, work: Pa
     if settings.method == "qlora":
         from peft import prepare_model_for_kbit_training
 
-        from fragua.modeling import quantization_config, torch_dtype
+        from fragua.models.loading import quantization_config, torch_dtype
 
         model = AutoModelForCausalLM.from_pretrained(base, attn_implementation="sdpa", dtype=torch_dtype(settings.precision),
                                                      quantization_config=quantization_config(settings), device_map={"": 0} if torch.cuda.is_available() else {"": "cpu"})
@@ -132,7 +133,7 @@ def main() -> None:
     options = parser.parse_args()
     if options.threads:
         torch.set_num_threads(options.threads)
-    from fragua.modeling import quiet_transformers
+    from fragua.models.loading import quiet_transformers
 
     quiet_transformers()
     with tempfile.TemporaryDirectory(prefix="fragua-bench-") as folder:

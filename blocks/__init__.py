@@ -88,7 +88,7 @@ def save_webhook(url: str, name: str = DEFAULT_WEBHOOK_BLOCK) -> str:
 
 def save_storage(bucket: str, credentials_block: str, name: str = DEFAULT_STORAGE_BLOCK, *, prefix: str = "") -> str:
     """An S3Bucket block (bucket, folder, and the credentials block it contains); returns what registry.storage_block takes."""
-    from fragua.s3 import load_credentials_block
+    from fragua.storage.s3 import load_credentials_block
 
     credentials = load_credentials_block(credentials_block)
     S3Bucket(bucket_name=bucket, bucket_folder=prefix.strip("/"), credentials=credentials).save(name, overwrite=True)

@@ -13,7 +13,7 @@ def current_actor() -> str | None:
 
 def notify_failure(flow: Any, run: Any, state: Any) -> None:
     """on_failure hook: tell notifications.block that a top-level run failed (subflows fail their parent, which reports)."""
-    from fragua.notify import send
+    from fragua.integrations.notify import send
     from fragua.settings import NotificationSettings, Settings
 
     if run.parent_task_run_id is not None:

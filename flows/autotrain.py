@@ -4,18 +4,10 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from fragua.autotrain import AutotrainResult
-from fragua.intake import new_run_id
+from fragua.intake.autotrain import AutotrainResult
+from fragua.intake.queue import new_run_id
 from fragua.settings import Settings
-from tasks.intake import (
-    batch_settings_task,
-    claim_task,
-    mark_trained_task,
-    pending_count_task,
-    record_skip_task,
-    release_stale_task,
-    release_task,
-)
+from fragua.tasks.intake import batch_settings_task, claim_task, mark_trained_task, pending_count_task, record_skip_task, release_stale_task, release_task
 
 from . import notify_failure
 from .pipeline import pipeline_flow
@@ -59,3 +51,8 @@ def autotrain_flow(settings: Settings | None = None, force: bool = False) -> Aut
         key="autotrain", description=f"Autotrain run {run_id}",
     )
     return outcome
+
+
+def forced_autotrain(settings: Settings) -> AutotrainResult:
+    """Train on whatever is pending now, however few: what the intake API's forced training runs."""
+    return autotrain_flow(settings, force=True)

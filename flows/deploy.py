@@ -5,22 +5,12 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.transactions import transaction
 
-from fragua.jobs import DeployOutcome, version_file
-from fragua.registry import AliasState
+from fragua.jobs.registry import DeployOutcome, version_file
+from fragua.registry.versions import AliasState
 from fragua.settings import Settings
-from tasks.registry import (
-    allocate_task,
-    confirm_task,
-    load_run_task,
-    load_validation_task,
-    production_task,
-    promote_task,
-    publish_task,
-    retention_task,
-    rollback_task,
-    verify_task,
-)
-from tasks.notify import notify_task
+from fragua.tasks.notify import notify_task
+from fragua.tasks.registry import allocate_task, confirm_task, production_task, promote_task, publish_task, retention_task, rollback_task, verify_task
+from fragua.tasks.validate import load_run_task, load_validation_task
 
 from . import current_actor, notify_failure
 
@@ -45,7 +35,7 @@ def deploy_flow(settings: Settings | None = None, run_id: str | None = None, ver
         _notify(settings, "deploy", f"Fragua: {version} deployed", f"production: {state.previous} -> {state.version} (manual deploy)")
         return DeployOutcome(version=version, published=False, promoted=True, production=state.version, reasons=["manual deploy"])
     if run_id is None:
-        run_id = load_run_task(settings, None)["run_id"]
+        run_id = load_run_task(settings, None).run_id
     validation = load_validation_task(settings, run_id)
     if not validation.decision.passed:
         for reason in validation.decision.reasons:

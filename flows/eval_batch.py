@@ -3,10 +3,10 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from fragua.batch_eval import BatchResult
-from fragua.inference import resolve_model
+from fragua.inference.choice import resolve_model
 from fragua.settings import Settings
-from tasks.scale import eval_batch_task
+from fragua.tasks.scale import eval_batch_task
+from fragua.validate.batch import BatchResult
 
 
 @flow(name="eval-batch")

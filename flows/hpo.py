@@ -4,11 +4,11 @@ from prefect import flow, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from fragua.hpo import HpoResult, trial_rows
-from fragua.report import hpo_summary
+from fragua.reports.training import hpo_summary
 from fragua.settings import Settings
-from tasks.data import ingest_task
-from tasks.model import base_model_task, hpo_plan_task, hpo_record_task, hpo_trial_task
+from fragua.tasks.data import ingest_task
+from fragua.tasks.train import base_model_task, hpo_plan_task, hpo_record_task, hpo_trial_task
+from fragua.train.hpo import HpoResult, trial_rows
 
 from . import notify_failure
 

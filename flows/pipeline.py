@@ -7,7 +7,8 @@ from fragua.settings import Settings
 
 from . import notify_failure
 from .deploy import deploy_flow
-from .ingest import expand_flow, ingest_flow
+from .expand import expand_flow
+from .ingest import ingest_flow
 from .train import train_flow
 from .validate import validate_flow
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from fragua.report import training_summary
+from fragua.reports.training import training_summary
 from fragua.settings import Settings
-from fragua.training import TrainReport
-from tasks.data import ingest_task
-from tasks.model import base_model_task, train_task
+from fragua.tasks.data import ingest_task
+from fragua.tasks.train import base_model_task, train_task
+from fragua.train.report import TrainReport
 
 from . import notify_failure
 

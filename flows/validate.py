@@ -3,11 +3,11 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from fragua.jobs import ValidationOutcome
-from fragua.report import comparison_rows, validation_report
+from fragua.jobs.validate import ValidationOutcome
+from fragua.reports.validation import comparison_rows, validation_report
 from fragua.settings import Settings
-from tasks.model import evaluate_task
-from tasks.registry import fetch_task, load_run_task, production_task, record_validation_task
+from fragua.tasks.registry import fetch_task, production_task
+from fragua.tasks.validate import evaluate_task, load_run_task, record_validation_task
 
 from . import notify_failure
 
@@ -17,16 +17,17 @@ def validate_flow(settings: Settings | None = None, run_id: str | None = None) -
     """Score a trained run, the base model and the production version on one validation set; apply the gates."""
     settings = settings or Settings.load()
     run = load_run_task(settings, run_id)
-    dataset_id = run["dataset_id"]
-    candidate = evaluate_task(settings, dataset_id, f"{run['run_dir']}/model", name="candidate")
-    base = evaluate_task(settings, dataset_id, run["base_model"], name="base")
+    record = run.record()
+    dataset_id = record.dataset_id
+    candidate = evaluate_task(settings, dataset_id, str(run.model_dir), name="candidate")
+    base = evaluate_task(settings, dataset_id, record.base_model, name="base")
     production_state = production_task(settings)
     production = None
     if production_state is not None:
         folder = fetch_task(settings, production_state.version)
         production = evaluate_task(settings, dataset_id, str(folder), name=production_state.version)
     outcome = record_validation_task(
-        settings, run["run_id"], dataset_id, candidate, base, production,
+        settings, run.run_id, dataset_id, candidate, base, production,
         production_state.version if production_state else None,
     )
     # The UI cannot open the run folder, so the artifact lists the plots by path instead of embedding them.
@@ -34,7 +35,7 @@ def validate_flow(settings: Settings | None = None, run_id: str | None = None) -
         run_id=outcome.run_id, dataset_id=dataset_id, candidate=candidate, base=base, production=production,
         production_version=outcome.production_version, decision=outcome.decision, plots=outcome.plots, embed_plots=False,
     )
-    create_markdown_artifact(report, key="validation-report", description=f"Validation of run {run['run_id']}")
+    create_markdown_artifact(report, key="validation-report", description=f"Validation of run {run.run_id}")
     production_label = f"production {outcome.production_version}" if outcome.production_version else "production"
     create_table_artifact(
         comparison_rows({"candidate": candidate, production_label: production, "base": base}),

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fragua.ingest import IngestError
-from fragua.modeling import ModelLoadError
-from fragua.registry import RegistryError
-from fragua.storage import StoreConfigurationError
+from fragua.data.ingest import IngestError
+from fragua.models.loading import ModelLoadError
+from fragua.registry.versions import RegistryError
+from fragua.storage.store import StoreConfigurationError
 
 # Errors that will fail the same way on every attempt: bad input, bad settings, a lost
 # alias race, a model that cannot load, a missing bucket or wrong credentials. Retrying

@@ -3,8 +3,8 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from fragua import autotrain
-from fragua.intake import Batch
+from fragua.intake import autotrain
+from fragua.intake.queue import Batch
 from fragua.settings import Settings
 
 from . import STORAGE_RETRY_DELAYS, transient_only

@@ -3,7 +3,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from fragua import notify
+from fragua.integrations import notify
 from fragua.settings import NotificationSettings
 
 

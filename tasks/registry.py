@@ -1,15 +1,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.transactions import Transaction, get_transaction
 
-from fragua import jobs
-from fragua.evaluation import Evaluation
-from fragua.registry import AliasState, CleanupReport, VersionManifest
+from fragua.jobs.registry import Promotion, allocate_version, clean_registry, promote_version, publish_run, verify_version
+from fragua.registry import open_registry
+from fragua.registry.versions import PRODUCTION, AliasState, CleanupReport, VersionManifest
 from fragua.settings import Settings
 
 from . import STORAGE_RETRY_DELAYS, transient_only
@@ -21,70 +20,42 @@ _STORAGE = dict(retries=3, retry_delay_seconds=STORAGE_RETRY_DELAYS, retry_condi
 _IN_TRANSACTION = dict(retries=0, cache_policy=NO_CACHE)
 
 
-@task(name="load-run", cache_policy=NO_CACHE)
-def load_run_task(settings: Settings, run_id: str | None) -> dict[str, Any]:
-    return jobs.load_run(settings, run_id)
-
-
 @task(name="production-version", **_STORAGE)
 def production_task(settings: Settings) -> AliasState | None:
-    state = jobs.production_state(settings)
+    state = open_registry(settings).production()
     get_run_logger().info("production: %s", state.version if state else "none yet")
     return state
 
 
 @task(name="fetch-version", **_STORAGE)
 def fetch_task(settings: Settings, version: str) -> Path:
-    return jobs.fetch_version(settings, version)
-
-
-@task(name="record-validation", cache_policy=NO_CACHE)
-def record_validation_task(
-    settings: Settings,
-    run_id: str,
-    dataset_id: str,
-    candidate: Evaluation,
-    base: Evaluation | None,
-    production: Evaluation | None,
-    production_version: str | None,
-) -> jobs.ValidationOutcome:
-    outcome = jobs.record_validation(settings, run_id, dataset_id, candidate, base, production, production_version)
-    logger = get_run_logger()
-    logger.info("validation %s", "passed" if outcome.decision.passed else "FAILED")
-    for reason in outcome.decision.reasons:
-        logger.info(reason)
-    return outcome
-
-
-@task(name="load-validation", cache_policy=NO_CACHE)
-def load_validation_task(settings: Settings, run_id: str) -> jobs.ValidationOutcome:
-    return jobs.load_validation(settings, run_id)
+    return open_registry(settings).fetch(version)
 
 
 @task(name="publish-version", **_STORAGE)
 def publish_task(settings: Settings, run_id: str, flow_run_id: str | None, version: str | None = None) -> VersionManifest:
-    manifest = jobs.publish_run(settings, run_id, flow_run_id=flow_run_id, version=version)
+    manifest = publish_run(settings, run_id, flow_run_id=flow_run_id, version=version)
     get_run_logger().info("published %s (%d files)", manifest.version, len(manifest.files))
     return manifest
 
 
 @task(name="verify-version", **_STORAGE)
 def verify_task(settings: Settings, version: str) -> str:
-    answer = jobs.verify_version(settings, version)
+    answer = verify_version(settings, version)
     get_run_logger().info("smoke check of %s answered: %r", version, answer)
     return answer
 
 
 @task(name="allocate-version", **_STORAGE)
 def allocate_task(settings: Settings, run_id: str) -> str:
-    version = jobs.allocate_version(settings, run_id)
+    version = allocate_version(settings, run_id)
     get_run_logger().info("allocated %s", version)
     return version
 
 
 @task(name="promote-version", **_IN_TRANSACTION)
 def promote_task(settings: Settings, version: str, expected_production: str | None, reason: str, actor: str | None) -> AliasState:
-    promotion = jobs.promote_version(settings, version, expected_production=expected_production, reason=reason, actor=actor)
+    promotion = promote_version(settings, version, expected_production=expected_production, reason=reason, actor=actor)
     transaction = get_transaction()
     if transaction is not None:
         # What the rollback hook needs if a later step of the deploy fails.
@@ -99,9 +70,9 @@ def promote_task(settings: Settings, version: str, expected_production: str | No
 @promote_task.on_rollback
 def restore_production(transaction: Transaction) -> None:
     """A step after the alias move failed: put production back where it was."""
-    promotion: jobs.Promotion = transaction.get("promotion")
-    restored = jobs.revert_promotion(
-        transaction.get("settings"), promotion,
+    promotion: Promotion = transaction.get("promotion")
+    restored = open_registry(transaction.get("settings")).revert(
+        promotion.production, promotion.previous_before,
         reason=f"deploy of {promotion.production.version} rolled back: a step after the move failed",
         actor=transaction.get("actor"),
     )
@@ -114,13 +85,13 @@ def restore_production(transaction: Transaction) -> None:
 
 @task(name="confirm-production", **_IN_TRANSACTION)
 def confirm_task(settings: Settings, version: str) -> None:
-    jobs.confirm_production(settings, version)
+    open_registry(settings).confirm(PRODUCTION, version)
     get_run_logger().info("production resolves to %s and all its files are in the registry", version)
 
 
 @task(name="apply-retention", **_STORAGE)
 def retention_task(settings: Settings) -> CleanupReport:
-    report = jobs.clean_registry(settings)
+    report = clean_registry(settings)
     if report.expired or report.unfinished:
         get_run_logger().info("retention removed %s; kept for aliases: %s", report.expired + report.unfinished, report.kept_for_alias)
     return report
@@ -128,6 +99,6 @@ def retention_task(settings: Settings) -> CleanupReport:
 
 @task(name="rollback", **_STORAGE)
 def rollback_task(settings: Settings, to: str | None, actor: str | None) -> AliasState:
-    state = jobs.rollback(settings, to, actor=actor)
+    state = open_registry(settings).rollback(to, actor=actor)
     get_run_logger().info("production rolled back %s -> %s", state.previous, state.version)
     return state

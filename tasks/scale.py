@@ -10,14 +10,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from fragua import jobs
-from fragua.batch_eval import BatchResult, ShardScorer
-from fragua.evaluation import EvalItem, ItemResult
-from fragua.expand import ExpandShard, HeldOutGuard
-from fragua.inference import ModelChoice
-from fragua.records import Record
+from fragua.data.expand_shards import ExpandShard
+from fragua.data.records import Record
+from fragua.data.screening import HeldOutGuard
+from fragua.data.shards import ShardMapper, ShardWork, in_order, pack, prepare_shard, unpack
+from fragua.inference.choice import ModelChoice
 from fragua.settings import ScaleSettings, Settings
-from fragua.shards import ShardMapper, ShardWork, in_order, pack, unpack
+from fragua.validate.batch import BatchResult, ShardScorer, run_eval_batch, score_shard
+from fragua.validate.scoring import EvalItem, ItemResult
 
 
 def task_runner(scale: ScaleSettings) -> TaskRunner:
@@ -45,7 +45,7 @@ def task_runner(scale: ScaleSettings) -> TaskRunner:
 # Pure CPU work on data the parent holds: a failure is a bug or bad input, never transient.
 @task(name="prepare-shard", cache_policy=NO_CACHE, persist_result=False, task_run_name="prepare {work.shard.source.name} #{work.shard.index}")
 def prepare_shard_task(work: ShardWork) -> list[Any]:
-    return jobs.prepare_shard(work)
+    return prepare_shard(work)
 
 
 def shard_mapper(scale: ScaleSettings) -> ShardMapper:
@@ -60,12 +60,12 @@ def shard_mapper(scale: ScaleSettings) -> ShardMapper:
 
 @task(name="held-out-guard", cache_policy=NO_CACHE, persist_result=False)
 def held_out_guard_task(held_out: bytes, threshold: float) -> HeldOutGuard:
-    return jobs.held_out_guard(held_out, threshold)
+    return HeldOutGuard(unpack(held_out), threshold)
 
 
 @task(name="prepare-expand-shard", cache_policy=NO_CACHE, persist_result=False, task_run_name="{label}")
 def expand_shard_task(label: str, work: bytes, guard: HeldOutGuard | None = None) -> bytes:
-    return jobs.prepare_expand_shard(work, guard)
+    return pack(unpack(work).run(guard))
 
 
 class _Unpacked:
@@ -105,7 +105,7 @@ def expand_shards(scale: ScaleSettings) -> Iterator[TaskShards]:
 
 @task(name="score-questions", cache_policy=NO_CACHE, persist_result=False, task_run_name="score questions from {items[0].id}")
 def score_shard_task(settings: Settings, choice: ModelChoice, items: list[EvalItem]) -> list[ItemResult]:
-    return jobs.score_question_shard(settings, choice, items)
+    return score_shard(settings, choice, items)
 
 
 def eval_mapper(settings: Settings, choice: ModelChoice) -> ShardScorer:
@@ -124,4 +124,4 @@ def eval_mapper(settings: Settings, choice: ModelChoice) -> ShardScorer:
 
 @task(name="eval-batch", cache_policy=NO_CACHE)
 def eval_batch_task(settings: Settings, questions: str, choice: ModelChoice, output: str) -> BatchResult:
-    return jobs.eval_batch(settings, Path(questions), choice, Path(output), eval_mapper(settings, choice))
+    return run_eval_batch(settings, Path(questions), choice, Path(output), score_shards=eval_mapper(settings, choice), shard_items=settings.scale.eval_shard_items)

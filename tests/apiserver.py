@@ -37,7 +37,6 @@ class ApiServer:
 
     def start(self, timeout: float = 60.0) -> None:
         env = {**os.environ, "FRAGUA_INTAKE__API_TOKEN": self.token, "FRAGUA_TRACKING__MODE": "disabled", **self.extra_env}
-        env.pop("PREFECT_API_URL", None)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "fragua.cli", "--work-dir", str(self.work_dir), "serve-api", "--host", "127.0.0.1", "--port", "0"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -8,8 +9,11 @@ import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Prefect's home (profiles, local database) stays out of the user's HOME during tests.
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="fragua-prefect-home-"))
+# Prefect's home (profiles, local database) stays out of the user's HOME during tests; the
+# process that makes it (the xdist controller, or the only process) removes it at the end.
+_CLIENT_HOME = None if "PREFECT_HOME" in os.environ else tempfile.mkdtemp(prefix="fragua-prefect-home-")
+if _CLIENT_HOME:
+    os.environ["PREFECT_HOME"] = _CLIENT_HOME
 
 from fragua.settings import Settings, resource_path  # noqa: E402
 
@@ -30,7 +34,7 @@ def _isolated_environment(monkeypatch, tmp_path):
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     """The embedded tiny base model, built once per test session."""
-    from fragua.base_model import build_tiny_base
+    from fragua.models.tiny import build_tiny_base
     from fragua.settings import TinyBaseSettings
 
     return build_tiny_base(tmp_path_factory.mktemp("base") / "fragua-tiny", TinyBaseSettings())
@@ -38,18 +42,69 @@ def tiny_base(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_base):
-    from fragua.modeling import load_tokenizer
+    from fragua.models.loading import load_tokenizer
 
     return load_tokenizer(str(tiny_base))
 
 
-@pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory):
-    """A temporary Prefect API (own SQLite database) for flow tests."""
-    from prefect.testing.utilities import prefect_test_harness
+def pytest_configure(config: pytest.Config) -> None:
+    """One real Prefect server for the whole run, launched before anything imports prefect;
+    every process of the run (xdist workers, the subprocesses tests start) inherits its
+    PREFECT_API_URL, so no flow run starts a temporary server of its own."""
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller's server is in its environment
+        return
+    from .prefect_server import PrefectServer
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    if getattr(config.option, "numprocesses", None):
+        # Tests run side by side on few cores: one thread each for torch's kernels, as for the
+        # processes they start, instead of every process spinning a thread per core.
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+    server = PrefectServer(Path(tempfile.mkdtemp(prefix="fragua-test-prefect-server-")))
+    server.launch()
+    config.stash[_PREFECT_SERVER] = server
+    os.environ["PREFECT_API_URL"] = server.api_url
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The server migrates its database while the tests are collected; they run once it
+    answers. A run none of whose tests uses the server (``prefect_api``) stops it instead."""
+    from .prefect_server import wait_until_healthy
+
+    config = session.config
+    server = config.stash.get(_PREFECT_SERVER, None)
+    if server is not None and getattr(config.option, "numprocesses", None):
+        return  # the xdist controller: its workers collect and run the tests
+    if not any("prefect_api" in item.fixturenames for item in session.items):
+        if server is not None:
+            server.stop()
+        return
+    try:
+        wait_until_healthy(os.environ["PREFECT_API_URL"], alive=lambda: server is None or server.process.poll() is None)
+    except RuntimeError as exc:
+        log = server.log_file.read_text()[-4000:] if server else ""
+        raise pytest.UsageError(f"{exc}\n{log}") from None
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    server = config.stash.get(_PREFECT_SERVER, None)
+    if server is not None:
+        server.stop()
+        shutil.rmtree(server.home, ignore_errors=True)
+    if _CLIENT_HOME:
+        shutil.rmtree(_CLIENT_HOME, ignore_errors=True)
+
+
+_PREFECT_SERVER = pytest.StashKey["PrefectServer"]()
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> str:
+    """The suite's Prefect API URL, for tests whose flows (or subprocesses) report to it."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = os.environ["PREFECT_API_URL"]
+    assert PREFECT_API_URL.value() == url, "prefect was imported before the suite's server was configured"
+    return url
 
 
 def make_settings(work_dir: Path, **overrides) -> Settings:
@@ -107,11 +162,11 @@ def s3_settings(s3_server, monkeypatch):
 @pytest.fixture(params=["local", "s3"])
 def store(request, tmp_path):
     """The same contract, two backends: a local directory and an S3 bucket on the test server."""
-    from fragua.storage import LocalStore
+    from fragua.storage.store import LocalStore
 
     if request.param == "local":
         return LocalStore(tmp_path / "store")
-    from fragua.s3 import S3Store
+    from fragua.storage.s3 import S3Store
 
     return S3Store.from_settings(request.getfixturevalue("s3_settings"))
 
@@ -129,11 +184,13 @@ QUICK = {
 def validated_work(tmp_path_factory) -> tuple[Path, str]:
     """A work dir holding the tiny base, a dataset and a trained, validated run."""
     work = tmp_path_factory.mktemp("validated") / "work"
-    from fragua import jobs
+    from fragua.jobs.data import ingest_sources
+    from fragua.jobs.train import train_model
+    from fragua.jobs.validate import evaluate_model, record_validation
 
     settings = Settings(work_dir=work, **QUICK)
-    dataset = jobs.ingest_sources(settings)
-    trained = jobs.train_model(settings, dataset.id)
-    candidate = jobs.evaluate_model(settings, dataset.id, trained.adapter_dir, name="candidate")
-    jobs.record_validation(settings, trained.run_id, dataset.id, candidate, None, None, None)
+    dataset = ingest_sources(settings)
+    trained = train_model(settings, dataset.id)
+    candidate = evaluate_model(settings, dataset.id, trained.adapter_dir, name="candidate")
+    record_validation(settings, trained.run_id, dataset.id, candidate, None, None, None)
     return work, trained.run_id

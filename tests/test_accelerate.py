@@ -8,9 +8,10 @@ from accelerate.utils import DistributedType
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
-from fragua import jobs
-from fragua.accelerate_config import accelerate_config, write_accelerate_config
+from fragua.jobs.data import ingest_sources
+from fragua.jobs.train import train_model
 from fragua.settings import TrainSettings
+from fragua.train.accelerate import accelerate_config, write_accelerate_config
 
 from .conftest import EXAMPLES, make_settings
 
@@ -60,9 +61,9 @@ def test_precision_auto_leaves_mixed_precision_to_the_trainer():
 def test_two_cpu_processes_through_accelerate_launch_train(tmp_path, strategy):
     train = {"max_steps": 4, "save_steps": 4, "logging_steps": 2, "learning_rate": 3e-3, "batch_size": 4, "num_processes": 2, "accelerate": {"strategy": strategy}}
     settings = make_settings(tmp_path / "work", data={"sources": [{"path": str(EXAMPLES / "batch1")}]}, train=train)
-    dataset = jobs.ingest_sources(settings)
+    dataset = ingest_sources(settings)
     events = []
-    report = jobs.train_model(settings, dataset.id, progress=events.append)
+    report = train_model(settings, dataset.id, progress=events.append)
     assert report.num_processes == 2 and report.global_step == 4
     assert [e["step"] for e in events] == [2, 4]
     run = tmp_path / "work" / "runs" / report.run_id

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from fragua.api import create_app
-from fragua.intake import IntakeError
+from fragua.flows.autotrain import forced_autotrain
+from fragua.intake.api import create_app
+from fragua.intake.queue import IntakeError
 from fragua.settings import Settings
 
 TOKEN = "unit-token-1618"
@@ -21,12 +22,12 @@ def settings(tmp_path) -> Settings:
 
 @pytest.fixture
 def client(settings) -> TestClient:
-    return TestClient(create_app(settings))
+    return TestClient(create_app(settings, forced_autotrain))
 
 
 def test_no_token_no_server(tmp_path):
     with pytest.raises(IntakeError, match="FRAGUA_INTAKE__API_TOKEN"):
-        create_app(Settings(work_dir=tmp_path))
+        create_app(Settings(work_dir=tmp_path), forced_autotrain)
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}])
@@ -102,7 +103,7 @@ def test_pending_pages_and_stats(client):
 
 
 def test_force_goes_through_the_deployment_when_a_server_is_configured(client, monkeypatch):
-    import fragua.api as api
+    import fragua.intake.api as api
 
     started = []
     monkeypatch.setattr(api, "prefect_server_configured", lambda: True)
@@ -113,12 +114,12 @@ def test_force_goes_through_the_deployment_when_a_server_is_configured(client, m
 
 
 def test_force_without_a_server_runs_autotrain_in_process(prefect_api, tmp_path, monkeypatch):
-    import fragua.api as api
+    import fragua.intake.api as api
 
     monkeypatch.setattr(api, "prefect_server_configured", lambda: False)
     settings = Settings(work_dir=tmp_path / "work", tracking={"mode": "disabled"}, intake={"api_token": TOKEN},
                         data={"sources": [{"path": str(tmp_path / "missing.jsonl")}]})
-    app = create_app(settings)
+    app = create_app(settings, forced_autotrain)
     client = TestClient(app)
     client.post("/examples", json={"question": "Sauna?", "answer": "Floor 3."}, headers=AUTH)
     response = client.post("/training/force", headers=AUTH)

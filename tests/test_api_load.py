@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from fragua.intake import IntakeQueue
+from fragua.intake.queue import IntakeQueue
 from fragua.settings import Settings
 
 from .apiserver import ApiServer

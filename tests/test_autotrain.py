@@ -8,15 +8,15 @@ import pytest
 from typer.testing import CliRunner
 
 from fragua.cli import app
-from fragua.intake import IntakeQueue, question_answer_record
+from fragua.intake.queue import IntakeQueue, question_answer_record
 from fragua.settings import Settings
 
 from .webhook import WebhookReceiver
 
 
 def test_a_failed_run_leaves_the_examples_pending_and_sends_a_failure_notification(prefect_api, tmp_path):
-    from blocks import save_webhook
-    from flows.autotrain import autotrain_flow
+    from fragua.blocks import save_webhook
+    from fragua.flows.autotrain import autotrain_flow
 
     with WebhookReceiver() as receiver:
         settings = Settings(

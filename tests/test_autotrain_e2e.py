@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from fragua.api import create_app
-from fragua.intake import IntakeQueue
-from fragua.jobs import open_registry
+from fragua.flows.autotrain import forced_autotrain
+from fragua.intake.api import create_app
+from fragua.intake.queue import IntakeQueue
+from fragua.registry import open_registry
 from fragua.settings import Settings
 
 from .conftest import EXAMPLES
@@ -30,10 +31,10 @@ def example(i: int) -> dict:
 
 
 def test_ten_examples_through_the_api_become_a_version_nine_do_nothing(prefect_api, tiny_base, tmp_path):
-    from blocks import save_webhook
-    from flows.autotrain import autotrain_flow
-    from flows.deploy import rollback_flow
-    from flows.pipeline import pipeline_flow
+    from fragua.blocks import save_webhook
+    from fragua.flows.autotrain import autotrain_flow
+    from fragua.flows.deploy import rollback_flow
+    from fragua.flows.pipeline import pipeline_flow
 
     with WebhookReceiver() as receiver:
         settings = Settings(
@@ -43,7 +44,7 @@ def test_ten_examples_through_the_api_become_a_version_nine_do_nothing(prefect_a
             **{k: v for k, v in QUICK_PIPELINE.items() if k != "train"},
         )
         assert pipeline_flow(settings).production == "fragua-tiny-v1"
-        client = TestClient(create_app(settings))
+        client = TestClient(create_app(settings, forced_autotrain))
 
         nine = client.post("/examples/batch", json={"examples": [example(i) for i in range(9)]}, headers=HEADERS)
         assert nine.status_code == 201 and nine.json()["created"] == 9

@@ -5,10 +5,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from fragua.batch_eval import read_questions
 from fragua.cli import app
-from fragua.ingest import IngestError
-from fragua.metrics import exact_match, token_f1
+from fragua.data.ingest import IngestError
+from fragua.validate.batch import read_questions
+from fragua.validate.metrics import exact_match, token_f1
 
 QUESTIONS = [
     {"question": "What time is check-in?", "answer": "Check-in starts at 3:00 pm.", "domain": "hotel", "id": "q-checkin"},

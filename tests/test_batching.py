@@ -3,10 +3,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fragua.batching import VARLEN_SDPA, BatchingPlan, plan_batching, register_attention
-from fragua.ingest import collect
+from fragua.data.ingest import collect
 from fragua.settings import DataSettings, TrainSettings
-from fragua.training import encode_records, train
+from fragua.train.batching import VARLEN_SDPA, BatchingPlan, plan_batching, register_attention
+from fragua.train.data import encode_records
+from fragua.train.trainer import train
 
 from .conftest import EXAMPLES
 
@@ -38,7 +39,7 @@ def per_token_losses(model, batch) -> torch.Tensor:
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_no_example_attends_to_another_in_a_padding_free_batch(tiny_base, tiny_tokenizer, rows, attention):
-    from fragua.batching import packed_attention
+    from fragua.train.batching import packed_attention
 
     reference = load(tiny_base, attention)
     packed_model = load(tiny_base, packed_attention(attention))

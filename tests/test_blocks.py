@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from blocks import save_wandb_key
+from fragua.blocks import save_wandb_key
+from fragua.integrations.tracking import resolve_api_key
 from fragua.settings import Settings
-from fragua.tracking import resolve_api_key
 
 
 def test_wandb_key_from_a_secret_block(prefect_api):
@@ -26,19 +26,18 @@ def test_empty_key_is_rejected(prefect_api):
         save_wandb_key("  ")
 
 
-def test_register_block_types_in_process_and_with_the_prefect_cli(prefect_api):
+def test_register_block_types_in_process_and_with_the_prefect_cli(prefect_api, tmp_path):
     import subprocess
     import sys
     from pathlib import Path
 
     from prefect.settings import PREFECT_API_URL
 
-    from blocks import register_block_types
+    from fragua.blocks import register_block_types
 
     assert set(register_block_types()) == {"aws-credentials", "minio-credentials", "s3-bucket", "secret", "custom-webhook"}
-    root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
-        [str(Path(sys.executable).parent / "prefect"), "block", "register", "-m", "blocks"], cwd=root, capture_output=True, text=True,
+        [str(Path(sys.executable).parent / "prefect"), "block", "register", "-m", "fragua.blocks"], cwd=tmp_path, capture_output=True, text=True,
         env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}, timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -46,8 +45,8 @@ def test_register_block_types_in_process_and_with_the_prefect_cli(prefect_api):
 
 
 def test_registry_through_an_s3_bucket_block(prefect_api, s3_settings):
-    from blocks import save_s3_credentials, save_storage
-    from fragua.s3 import S3Store
+    from fragua.blocks import save_s3_credentials, save_storage
+    from fragua.storage.s3 import S3Store
 
     credentials = save_s3_credentials(
         s3_settings.access_key_id, s3_settings.secret_access_key.get_secret_value(), "moto-minio",
@@ -64,8 +63,8 @@ def test_registry_through_an_s3_bucket_block(prefect_api, s3_settings):
 
 
 def test_webhook_block_round_trip(prefect_api):
-    from blocks import save_webhook
-    from fragua.notify import load_notification_block
+    from fragua.blocks import save_webhook
+    from fragua.integrations.notify import load_notification_block
 
     slug = save_webhook("http://127.0.0.1:9/hook", "round-trip")
     assert slug == "custom-webhook/round-trip"

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from fragua.chat import CHATML_TEMPLATE, IGNORE_INDEX, IM_END, encode_conversation, ensure_chat_template, generation_prompt
-from fragua.records import Message
+from fragua.data.records import Message
+from fragua.models.templates import CHATML_TEMPLATE, IGNORE_INDEX, IM_END, encode_conversation, ensure_chat_template, generation_prompt
 
 CONVERSATION = [
     Message(role="system", content="You are the front desk."),

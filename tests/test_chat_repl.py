@@ -10,11 +10,11 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from fragua.chat import generation_prompt, stop_token_ids
-from fragua.chat_repl import Responder, chat_loop
 from fragua.cli import app
-from fragua.modeling import load_for_inference
-from fragua.records import Message
+from fragua.data.records import Message
+from fragua.inference.chat import Responder, chat_loop
+from fragua.models.loading import load_for_inference
+from fragua.models.templates import generation_prompt, stop_token_ids
 from fragua.settings import ChatSettings, TrainSettings
 
 GREEDY = ChatSettings(do_sample=False, max_new_tokens=12, repetition_penalty=1.0, system_prompt="You are the front desk of Hotel Fragua.")

@@ -13,10 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fragua import jobs
-from fragua.checkpoint_mirror import CheckpointMirror, MirrorWatch
-from fragua.storage import LocalStore
-from fragua.training import COMPLETE_MARKER, latest_complete_checkpoint
+from fragua.jobs.data import ingest_sources
+from fragua.jobs.train import train_model, training_run_id
+from fragua.models.tiny import ensure_base_model
+from fragua.storage import open_store
+from fragua.storage.store import LocalStore
+from fragua.train.checkpoint_mirror import CheckpointMirror, MirrorWatch
+from fragua.train.checkpoints import COMPLETE_MARKER, latest_complete_checkpoint
 
 from .conftest import EXAMPLES, make_settings
 
@@ -27,11 +30,12 @@ TRAIN = {"max_steps": 24, "save_steps": 4, "logging_steps": 1, "batch_size": 8, 
 # kill never races the upload however fast the machine trains.
 TRAIN_JOB = """
 import sys, time
-from fragua import jobs
-from fragua.checkpoint_mirror import CheckpointMirror
+from fragua.jobs.train import train_model, training_run_id
 from fragua.settings import Settings
+from fragua.storage import open_store
+from fragua.train.checkpoint_mirror import CheckpointMirror
 settings = Settings.model_validate_json(sys.argv[1])
-mirror = CheckpointMirror(jobs.open_store(settings), jobs.training_run_id(settings, sys.argv[2]), keep=2)
+mirror = CheckpointMirror(open_store(settings), training_run_id(settings, sys.argv[2]), keep=2)
 
 def report(event):
     if event["step"] == 10:
@@ -40,7 +44,7 @@ def report(event):
             time.sleep(0.2)
     print("step", event["step"], flush=True)
 
-jobs.train_model(settings, sys.argv[2], progress=report)
+train_model(settings, sys.argv[2], progress=report)
 """
 
 
@@ -95,10 +99,10 @@ def _settings(work, registry, stream: bool, **train):
 @pytest.mark.parametrize("stream", [False, True], ids=["local-data", "streamed-data"])
 def test_run_killed_on_one_machine_resumes_from_s3_on_another_and_ends_like_an_uninterrupted_run(tmp_path, s3_settings, stream):
     first = _settings(tmp_path / "machine-1", s3_settings, stream)
-    dataset = jobs.ingest_sources(first)
-    jobs.ensure_base_model(first)
-    run_id = jobs.training_run_id(first, dataset.id)
-    mirror = CheckpointMirror(jobs.open_store(first), run_id, keep=2)
+    dataset = ingest_sources(first)
+    ensure_base_model(first)
+    run_id = training_run_id(first, dataset.id)
+    mirror = CheckpointMirror(open_store(first), run_id, keep=2)
 
     secret = s3_settings.secret_access_key.get_secret_value()
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "FRAGUA_REGISTRY__SECRET_ACCESS_KEY": secret}
@@ -119,8 +123,8 @@ def test_run_killed_on_one_machine_resumes_from_s3_on_another_and_ends_like_an_u
 
     second = _settings(tmp_path / "machine-2", s3_settings, stream)  # nothing of the first machine's work dir
     if not stream:
-        assert jobs.ingest_sources(second).id == dataset.id
-    resumed = jobs.train_model(second, dataset.id)
+        assert ingest_sources(second).id == dataset.id
+    resumed = train_model(second, dataset.id)
     assert resumed.resumed_from is not None and resumed.resumed_from.endswith(f"checkpoint-{mirrored}")
     assert resumed.global_step == 24
     assert [e["step"] for e in resumed.log_history if "loss" in e] == list(range(1, 25))
@@ -130,8 +134,8 @@ def test_run_killed_on_one_machine_resumes_from_s3_on_another_and_ends_like_an_u
 
     local_only = _settings(tmp_path / "machine-3", s3_settings, stream, checkpoint_store="local")
     if not stream:
-        jobs.ingest_sources(local_only)
-    uninterrupted = jobs.train_model(local_only, dataset.id)
+        ingest_sources(local_only)
+    uninterrupted = train_model(local_only, dataset.id)
     assert uninterrupted.resumed_from is None
     ours, theirs = load_file(f"{resumed.adapter_dir}/adapter_model.safetensors"), load_file(f"{uninterrupted.adapter_dir}/adapter_model.safetensors")
     assert ours.keys() == theirs.keys()

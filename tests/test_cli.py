@@ -36,16 +36,53 @@ def test_versions_on_an_empty_registry(tmp_path):
     assert "production -> none" in result.output
 
 
-def test_a_failing_flow_prints_one_clear_error_and_no_traceback(tmp_path):
-    # A real process: what a user sees on the terminal, Prefect's own run logs included.
-    result = subprocess.run(
-        [sys.executable, "-m", "fragua.cli", "--work-dir", str(tmp_path), "rollback"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"},
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 1, output
+def fragua_process(*args: str, env: dict[str, str]) -> tuple[int, str]:
+    """``python -m fragua.cli ARGS`` in its own process: what a user sees on the terminal, Prefect's run logs included."""
+    done = subprocess.run([sys.executable, "-m", "fragua.cli", *args], capture_output=True, text=True, timeout=600, env={**env, "COLUMNS": "200"})
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_a_failing_flow_prints_one_clear_error_and_no_traceback(prefect_api, tmp_path):
+    code, output = fragua_process("--work-dir", str(tmp_path), "rollback", env=dict(os.environ))
+    assert code == 1, output
     assert "error: nothing to roll back: no production version" in output
     assert "Traceback" not in output
+
+
+def test_without_a_prefect_server_the_temporary_one_gets_time_to_start_and_a_failed_start_is_one_clear_error(tmp_path):
+    # The path this test is about: no PREFECT_API_URL, so each command starts a temporary server.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    work = str(tmp_path / "work")
+
+    # A fresh PREFECT_HOME: the server migrates a new database first (30 s measured on a quiet 2-core machine).
+    code, output = fragua_process("--work-dir", work, "rollback", env=env)
+    assert code == 1 and "error: nothing to roll back: no production version" in output, output
+    assert "Traceback" not in output
+
+    # A start-up timeout the user chose is kept, and a server that misses it is one clear line.
+    code, output = fragua_process("--work-dir", work, "rollback", env=env | {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "0"})
+    assert code == 1, output
+    assert "error: the temporary Prefect server did not start within 0 s" in output
+    assert "prefect server start" in output and "PREFECT_API_URL" in output
+    assert "Traceback" not in output
+
+
+def test_the_temporary_servers_start_up_timeout_is_generous_unless_chosen_or_unneeded():
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
+    from fragua.integrations.prefect_server import TEMPORARY_SERVER_STARTUP_SECONDS, temporary_server_patience
+
+    def timeout_within() -> int:
+        with temporary_server_patience():
+            return PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+
+    with temporary_settings(updates={PREFECT_API_URL: None}):  # the suite's environment chooses no timeout
+        assert timeout_within() == TEMPORARY_SERVER_STARTUP_SECONDS > 20  # Prefect's own default is 20 s
+    with temporary_settings(updates={PREFECT_API_URL: None, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 7}):
+        assert timeout_within() == 7
+    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 7}):  # a server is configured
+        assert timeout_within() == 7
 
 
 def test_init_base_builds_a_loadable_model(tmp_path):

@@ -8,15 +8,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from fragua.dataset_store import (
-    SCHEMA,
-    LocalDatasetStore,
-    ObjectDatasetStore,
-    find_dataset,
-    load_records,
-    load_stats,
-)
-from fragua.ingest import IngestError, ingest
+from fragua.data.ingest import IngestError, ingest
+from fragua.data.store import LocalDatasetStore, ObjectDatasetStore, find_dataset, load_records, load_stats
+from fragua.data.version_writer import SCHEMA
 from fragua.settings import DataSettings
 
 from .conftest import EXAMPLES
@@ -124,18 +118,19 @@ def test_a_failed_ingest_leaves_no_version_or_staging_behind(tmp_path):
 
 
 def test_dataset_versions_in_the_registry_s3_bucket(s3_settings, tmp_path):
-    from fragua import jobs
+    from fragua.data.store import open_dataset_store
+    from fragua.jobs.data import dataset_split, expand_dataset, ingest_cache_key, ingest_sources
 
     from .conftest import make_settings
 
     config = make_settings(tmp_path / "work", registry=s3_settings, data={"store": "registry", "sources": [{"path": str(EXAMPLES)}]},
                            expand={"expansion_factor": 2.0})
-    manifest = jobs.ingest_sources(config)
-    store = jobs.open_dataset_store(config)
+    manifest = ingest_sources(config)
+    store = open_dataset_store(config)
     assert isinstance(store, ObjectDatasetStore) and store.describe().startswith("s3://")
     assert store.find(None).id == manifest.id
     assert not (tmp_path / "work" / "datasets").exists()
-    expanded = jobs.expand_dataset(config, manifest.id)
+    expanded = expand_dataset(config, manifest.id)
     assert expanded.parent == manifest.id and store.find(expanded.id[:8]).counts["train"] > manifest.counts["train"]
-    assert len(jobs.dataset_split(config, store.find(manifest.id), "validation")) == manifest.counts["validation"]
-    assert jobs.ingest_cache_key(config) == jobs.ingest_cache_key(config)
+    assert len(dataset_split(config, store.find(manifest.id), "validation")) == manifest.counts["validation"]
+    assert ingest_cache_key(config) == ingest_cache_key(config)

@@ -8,13 +8,15 @@ client: 5xx answers, or the server stopped with every connection cut.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
-from fragua import jobs
-from fragua.registry import PRODUCTION
+from fragua.jobs.registry import clean_registry
+from fragua.jobs.validate import load_validation, record_validation
+from fragua.registry import open_registry
+from fragua.registry.versions import PRODUCTION
 from fragua.settings import Settings
+from fragua.storage import open_store
 
 from .conftest import QUICK
 from .s3server import SECRET_KEY
@@ -34,23 +36,23 @@ def deploy_settings(validated_work, s3_settings, tmp_path) -> tuple[Settings, st
 
 def revalidate_against_production(settings: Settings, run_id: str) -> None:
     """Record the run's validation again, now compared with the current production version."""
-    outcome = jobs.load_validation(settings, run_id)
-    production = jobs.production_state(settings)
-    jobs.record_validation(settings, run_id, outcome.dataset_id, outcome.candidate, None, outcome.candidate, production.version)
+    outcome = load_validation(settings, run_id)
+    production = open_registry(settings).production()
+    record_validation(settings, run_id, outcome.dataset_id, outcome.candidate, None, outcome.candidate, production.version)
 
 
 def assert_production_is_complete(settings: Settings) -> None:
-    state = jobs.production_state(settings)
+    state = open_registry(settings).production()
     if state is not None:
-        jobs.confirm_production(settings, state.version)
+        open_registry(settings).confirm(PRODUCTION, state.version)
 
 
 def all_objects(settings: Settings) -> list[str]:
-    return jobs.open_store(settings).list_keys("")
+    return open_store(settings).list_keys("")
 
 
 def test_deploy_rollback_and_retention_on_s3(prefect_api, deploy_settings, s3_server):
-    from flows.deploy import deploy_flow, rollback_flow
+    from fragua.flows.deploy import deploy_flow, rollback_flow
 
     settings, run_id = deploy_settings
     first = deploy_flow(settings, run_id)
@@ -59,11 +61,11 @@ def test_deploy_rollback_and_retention_on_s3(prefect_api, deploy_settings, s3_se
     second = deploy_flow(settings, run_id)
     assert second.production == "fragua-tiny-v2"
 
-    registry = jobs.open_registry(settings)
+    registry = open_registry(settings)
     manifest = registry.manifest("fragua-tiny-v2")
     assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "README.md", "eval.json", "report.md"} <= set(manifest.files)
     assert manifest.lineage["prefect_flow_run_id"] and manifest.lineage["parent_version"] == "fragua-tiny-v1"
-    store = jobs.open_store(settings)
+    store = open_store(settings)
     for key in all_objects(settings):
         assert SECRET_KEY.encode() not in store.get_bytes(key)[0], f"the secret key leaked into {key}"
     assert all(key.startswith("models/fragua/") for key in all_objects(settings))
@@ -81,7 +83,7 @@ def test_deploy_rollback_and_retention_on_s3(prefect_api, deploy_settings, s3_se
 
 
 def test_5xx_answers_are_retried_and_the_deploy_completes(prefect_api, deploy_settings, s3_server):
-    from flows.deploy import deploy_flow
+    from fragua.flows.deploy import deploy_flow
 
     settings, run_id = deploy_settings
     uploads = s3_server.fail("PUT", "/versions/", times=3, status=503)  # absorbed by botocore's retries
@@ -97,7 +99,7 @@ def test_5xx_answers_are_retried_and_the_deploy_completes(prefect_api, deploy_se
 
 
 def test_server_stopped_mid_upload_the_deploy_retries_and_completes(prefect_api, deploy_settings, s3_server):
-    from flows.deploy import deploy_flow
+    from fragua.flows.deploy import deploy_flow
 
     settings, run_id = deploy_settings
     s3_server.on_stop = lambda: s3_server.restart_after(1.0)
@@ -109,35 +111,35 @@ def test_server_stopped_mid_upload_the_deploy_retries_and_completes(prefect_api,
     assert stop.hits and s3_server.running
     assert outcome.promoted and outcome.version == "fragua-tiny-v1"
     assert_production_is_complete(settings)
-    jobs.fetch_version(settings, "fragua-tiny-v1")  # every checksum matches
+    open_registry(settings).fetch("fragua-tiny-v1")  # every checksum matches
 
 
 def test_server_down_for_good_leaves_no_visible_version_and_production_unchanged(prefect_api, deploy_settings, s3_server, monkeypatch):
-    import flows.deploy
-    from flows.deploy import deploy_flow
-    from fragua.storage import StoreError
+    from fragua.flows import deploy as deploy_module
+    from fragua.flows.deploy import deploy_flow
+    from fragua.storage.store import StoreError
 
     settings, run_id = deploy_settings
     assert deploy_flow(settings, run_id).production == "fragua-tiny-v1"
     revalidate_against_production(settings, run_id)
     # Real retries, shorter waits: the test is about the outcome, not the backoff schedule.
-    monkeypatch.setattr(flows.deploy, "publish_task", flows.deploy.publish_task.with_options(retry_delay_seconds=[0.1, 0.1, 0.1]))
+    monkeypatch.setattr(deploy_module, "publish_task", deploy_module.publish_task.with_options(retry_delay_seconds=[0.1, 0.1, 0.1]))
     s3_server.stop_on("PUT", "/versions/fragua-tiny-v2/", after=1)
     with pytest.raises(StoreError):
         deploy_flow(settings, run_id)
     s3_server.start()  # the server comes back: what does a user see?
-    registry = jobs.open_registry(settings)
+    registry = open_registry(settings)
     assert [m.version for m in registry.versions()] == ["fragua-tiny-v1"]
     assert registry.alias(PRODUCTION)[0].version == "fragua-tiny-v1"
     assert_production_is_complete(settings)
-    report = jobs.clean_registry(settings, grace_minutes=0)
+    report = clean_registry(settings, grace_minutes=0)
     assert report.unfinished == ["fragua-tiny-v2"]
     assert not [k for k in all_objects(settings) if "/versions/fragua-tiny-v2/" in k]
 
 
 def test_a_failed_check_after_the_move_restores_production(prefect_api, deploy_settings, s3_server):
-    from flows.deploy import deploy_flow
-    from fragua.storage import StoreError
+    from fragua.flows.deploy import deploy_flow
+    from fragua.storage.store import StoreError
 
     settings, run_id = deploy_settings
     assert deploy_flow(settings, run_id).production == "fragua-tiny-v1"
@@ -146,7 +148,7 @@ def test_a_failed_check_after_the_move_restores_production(prefect_api, deploy_s
     s3_server.fail("HEAD", "/versions/fragua-tiny-v2/", times=1000, status=503, armed_by=("PUT", "/aliases/production.json"))
     with pytest.raises(StoreError):
         deploy_flow(settings, run_id)
-    registry = jobs.open_registry(settings)
+    registry = open_registry(settings)
     assert registry.alias(PRODUCTION)[0].version == "fragua-tiny-v1"
     assert registry.alias("previous") == (None, None)
     moves = [(e.alias, e.from_version, e.to_version) for e in registry.history()]

@@ -17,10 +17,12 @@ DEPLOYMENTS = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text()
 
 
 def load_flow(entrypoint: str):
-    # Module-style entrypoints: the flows import each other relatively, which a file path cannot.
+    # Module-style entrypoints of the installed package (fragua.flows.X is the repository's flows/X.py):
+    # the flows import each other relatively, which a file path cannot.
     module_name, name = entrypoint.split(":")
+    assert module_name.startswith("fragua.flows."), entrypoint
     spec = importlib.util.find_spec(module_name)
-    assert spec is not None and Path(spec.origin) == ROOT / (module_name.replace(".", "/") + ".py")
+    assert spec is not None and Path(spec.origin) == ROOT / "flows" / (module_name.removeprefix("fragua.flows.") + ".py")
     return getattr(importlib.import_module(module_name), name)
 
 
@@ -56,7 +58,7 @@ def test_schedules_are_well_formed():
 
 
 def test_autotrain_checks_hourly_and_trains_from_ten_examples(monkeypatch):
-    hourly = next(d for d in DEPLOYMENTS if d["entrypoint"] == "flows.autotrain:autotrain_flow" and d["name"] == "hourly")
+    hourly = next(d for d in DEPLOYMENTS if d["entrypoint"] == "fragua.flows.autotrain:autotrain_flow" and d["name"] == "hourly")
     [schedule] = hourly["schedules"]
     assert schedule["interval"] == 3600 and schedule.get("active", True)
     for name, value in hourly["work_pool"]["job_variables"]["env"].items():

@@ -6,17 +6,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from fragua.jobs import open_registry
+from fragua.registry import open_registry
 from fragua.settings import Settings
 
 from .conftest import EXAMPLES
@@ -27,12 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def prefect(*args: str, env: dict[str, str], timeout: float = 300) -> str:
     done = subprocess.run([str(BIN / "prefect"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
@@ -40,40 +31,14 @@ def prefect(*args: str, env: dict[str, str], timeout: float = 300) -> str:
 
 
 @pytest.fixture
-def prefect_server(tmp_path):
-    port = free_port()
-    env = {
-        key: value for key, value in os.environ.items()
-        if not key.startswith(("PREFECT_", "FRAGUA_"))
-    }
+def prefect_server(prefect_api, tmp_path):
+    """The environment of a Prefect CLI talking to the suite's server, with nothing else of ours."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_", "FRAGUA_"))}
     env.update(
-        PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=prefect_api,
         PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING", TOKENIZERS_PARALLELISM="false",
     )
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{env['PREFECT_API_URL']}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
-            time.sleep(0.5)
-        yield env
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and the API/services processes it started
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
+    return env
 
 
 def test_deploy_all_run_pipeline_with_a_worker(prefect_server, tiny_base, tmp_path):

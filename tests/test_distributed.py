@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fragua import jobs
+from fragua.jobs.data import ingest_sources
+from fragua.jobs.train import train_model
 
 from .conftest import EXAMPLES, make_settings
 
@@ -13,13 +14,13 @@ def test_two_processes_train_like_one(tmp_path):
     common = {"max_steps": 8, "save_steps": 4, "logging_steps": 2, "learning_rate": 3e-3}
     data = {"sources": [{"path": str(EXAMPLES / "batch1")}]}
     single_settings = make_settings(tmp_path / "one", data=data, train={**common, "batch_size": 8})
-    dataset = jobs.ingest_sources(single_settings)
-    single = jobs.train_model(single_settings, dataset.id)
+    dataset = ingest_sources(single_settings)
+    single = train_model(single_settings, dataset.id)
 
     events = []
     double_settings = make_settings(tmp_path / "two", data=data, train={**common, "batch_size": 4, "num_processes": 2})
-    jobs.ingest_sources(double_settings)
-    double = jobs.train_model(double_settings, dataset.id, progress=events.append)
+    ingest_sources(double_settings)
+    double = train_model(double_settings, dataset.id, progress=events.append)
 
     assert double.num_processes == 2 and single.num_processes == 1
     assert double.global_step == single.global_step == 8

@@ -6,22 +6,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fragua.chat import IGNORE_INDEX, generation_prompt
-from fragua.evaluation import (
-    EvalItem,
-    ItemResult,
-    aggregate,
-    evaluate,
-    labelled_nll,
-    option_logprobs,
-    score_items,
-    spread_samples,
-    summarize,
-)
-from fragua.ingest import collect
-from fragua.modeling import load_for_inference
-from fragua.records import Message
+from fragua.data.ingest import collect
+from fragua.data.records import Message
+from fragua.models.loading import load_for_inference
+from fragua.models.templates import IGNORE_INDEX, generation_prompt
 from fragua.settings import DataSettings, TrainSettings, ValidateSettings
+from fragua.validate.scoring import EvalItem, ItemResult, aggregate, evaluate, labelled_nll, option_logprobs, score_items, spread_samples, summarize
 
 from .conftest import EXAMPLES
 
@@ -66,7 +56,7 @@ def tiny_model(tiny_base):
 
 
 def mcq(question: str, choices: list[str], correct: int | None, domain: str = "hotel") -> EvalItem:
-    from fragua.records import format_choices
+    from fragua.data.records import format_choices
 
     return EvalItem(id=question, domain=domain, prompt=(Message(role="user", content=format_choices(question, choices)),), choices=tuple(choices), correct=correct)
 

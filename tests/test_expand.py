@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from fragua import augment
-from fragua.expand import Sharding, expand_train, screen
-from fragua.ingest import collect
-from fragua.records import CHOICE_LETTERS, Message, Record, from_alpaca, from_chat, from_multiple_choice, from_sharegpt, from_squad
+from fragua.data import augment
+from fragua.data.expand import expand_train
+from fragua.data.expand_shards import Sharding
+from fragua.data.formats.adapt import from_alpaca, from_chat, from_multiple_choice, from_sharegpt, from_squad
+from fragua.data.ingest import collect
+from fragua.data.records import CHOICE_LETTERS, Message, Record
+from fragua.data.screening import screen
+from fragua.data.textops import normalise
 from fragua.settings import DataSettings, ExpandSettings
-from fragua.textops import normalise
 
 from .conftest import EXAMPLES
 

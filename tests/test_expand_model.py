@@ -9,10 +9,10 @@ import math
 
 import pytest
 
-from fragua import jobs
-from fragua.expand import expand_train
-from fragua.ingest import collect
-from fragua.records import Record
+from fragua.data.expand import expand_train
+from fragua.data.ingest import collect
+from fragua.data.records import Record
+from fragua.jobs.data import dataset_split, expand_dataset, ingest_sources
 from fragua.settings import DataSettings, ExpandGenerationSettings, ExpandSettings, TrainSettings
 
 from .conftest import EXAMPLES, make_settings
@@ -28,8 +28,8 @@ def hotel_train() -> list[Record]:
 
 @pytest.fixture(scope="module")
 def tiny_generator(tiny_base):
-    from fragua.generation import TextGenerator
-    from fragua.modeling import load_for_inference
+    from fragua.inference.generation import TextGenerator
+    from fragua.models.loading import load_for_inference
 
     return TextGenerator(load_for_inference(str(tiny_base), TrainSettings()), ExpandGenerationSettings(max_new_tokens=16, batch_size=8))
 
@@ -100,8 +100,8 @@ def test_expand_dataset_with_a_model_writes_a_child_version(tiny_base, tmp_path)
         train={"base_model": str(tiny_base)},
         expand={"expansion_factor": 1.5, "strategies": ["reformulation", "paraphrase"], "generation": {"max_new_tokens": 16}},
     )
-    parent = jobs.ingest_sources(settings)
-    child = jobs.expand_dataset(settings, parent.id)
+    parent = ingest_sources(settings)
+    child = expand_dataset(settings, parent.id)
     assert child.parent == parent.id and child.id != parent.id
     assert child.counts["validation"] == parent.counts["validation"]
     assert child.counts["train"] == math.ceil(parent.counts["train"] * 1.5)
@@ -113,9 +113,9 @@ def test_expand_dataset_with_a_model_writes_a_child_version(tiny_base, tmp_path)
     if child.quarantined:
         lines = [json.loads(line) for line in open(child.quarantine_file)]
         assert len(lines) == child.quarantined and all(line["location"].startswith("expand:") for line in lines)
-    stored = jobs.dataset_split(settings, child, "train")
-    assert all(r.meta["parent_id"] in {p.id for p in jobs.dataset_split(settings, parent, "train")} for r in stored if r.origin != "original")
-    assert jobs.expand_dataset(settings.model_copy(update={"expand": settings.expand.model_copy(update={"expansion_factor": 1.0})}), parent.id).id == parent.id
+    stored = dataset_split(settings, child, "train")
+    assert all(r.meta["parent_id"] in {p.id for p in dataset_split(settings, parent, "train")} for r in stored if r.origin != "original")
+    assert expand_dataset(settings.model_copy(update={"expand": settings.expand.model_copy(update={"expansion_factor": 1.0})}), parent.id).id == parent.id
 
 
 def test_expand_flow_publishes_the_report_and_the_cli_prints_it(prefect_api, tmp_path):
@@ -123,8 +123,8 @@ def test_expand_flow_publishes_the_report_and_the_cli_prints_it(prefect_api, tmp
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
     from typer.testing import CliRunner
 
-    from flows.ingest import expand_flow
     from fragua.cli import app
+    from fragua.flows.expand import expand_flow
 
     work = tmp_path / "work"
     settings = make_settings(work, data={"sources": [{"path": str(EXAMPLES)}]}, expand={"expansion_factor": 2.0})

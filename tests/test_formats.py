@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import importlib
+import itertools
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fragua.ingest import IngestError, collect, ingest
-from fragua.records import CHOICE_LETTERS, from_head_qa, from_sharegpt, from_squad
-from fragua.settings import DataSettings
+from fragua.data.formats import FORMAT_NAMES, FORMATS, detect_format
+from fragua.data.formats.adapt import ADAPTERS, from_head_qa, from_sharegpt, from_squad
+from fragua.data.ingest import IngestError, collect, ingest
+from fragua.data.records import CHOICE_LETTERS
+from fragua.settings import DataSettings, SourceSpec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "formats"
+README = Path(__file__).parent.parent / "README.md"
 
 
 def run(*sources: dict | Path, **settings):
@@ -227,7 +233,7 @@ def test_unknown_nested_json_shape_fails_naming_the_layouts(tmp_path):
 def test_row_format_auto_detection_lists_every_format(tmp_path):
     path = tmp_path / "odd.jsonl"
     path.write_text(json.dumps({"text": "hello"}) + "\n")
-    with pytest.raises(IngestError, match=r"unknown format.*tried alpaca, prompt_completion, chat, multiple_choice, sharegpt, squad, head_qa"):
+    with pytest.raises(IngestError, match=r"unknown format.*tried chat, sharegpt, squad, head_qa, multiple_choice, alpaca, prompt_completion"):
         run(path)
 
 
@@ -238,3 +244,41 @@ def test_nested_files_ingest_into_a_dataset_version(tmp_path):
                        "squad_v2.0.json": "squad", "squad_v2_flat.jsonl": "squad"}
     # The flat SQuAD file repeats the nested v2 file (5), and v1.1 and v2.0 share one question (1).
     assert sum(s.duplicates for s in manifest.sources) == 6
+
+
+# The registry of formats ------------------------------------------------------------------
+
+
+def readme_format_table() -> list[tuple[str, str, str]]:
+    """The README's table of input formats: (format, "detected by" keys, keys) per row, in order."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    start = lines.index("| format | detected by | keys |") + 2
+    rows = []
+    for line in itertools.takewhile(lambda line: line.startswith("|"), lines[start:]):
+        match = re.fullmatch(r"\| `(\w+)` \| (.*?) \| (.*) \|", line)
+        assert match, f"README format table: unexpected row {line!r}"
+        rows.append(match.groups())
+    return rows
+
+
+def test_readme_table_of_input_formats_is_the_registry():
+    expected = [(fmt.name, ", ".join(f"`{key}`" for key in fmt.keys), fmt.description) for fmt in FORMATS]
+    assert readme_format_table() == expected
+
+
+def test_every_registered_format_is_adapted_by_its_family_module_and_nothing_else_is():
+    families = {fmt.family for fmt in FORMATS}
+    adapted = {name: family for family in families for name in importlib.import_module(f"fragua.data.formats.{family}").ADAPTERS}
+    assert adapted == {fmt.name: fmt.family for fmt in FORMATS}
+    assert tuple(ADAPTERS) == FORMAT_NAMES
+
+
+def test_detection_takes_the_first_registered_format_whose_keys_the_row_has():
+    assert detect_format({"messages": [], "instruction": "q", "output": "a"}) == "chat"
+    assert detect_format(["question", "choices", "answer", "context", "answers"]) == "squad"
+    assert detect_format(["qtext", "answers", "ra", "question", "choices", "answer"]) == "head_qa"
+    assert detect_format(["question", "answer"]) is None
+
+
+def test_source_format_setting_offers_every_registered_format():
+    assert SourceSpec.model_json_schema()["properties"]["format"]["enum"] == ["auto", *FORMAT_NAMES]

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import math
 
-from fragua.evaluation import MetricSet
-from fragua.gates import decide
 from fragua.settings import ValidateSettings
+from fragua.validate.gates import decide
+from fragua.validate.scoring import MetricSet
 
 
 def metrics(f1: float, loss: float = 2.0, em: float = 0.0) -> MetricSet:

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from fragua.ingest import collect
+from fragua.data.ingest import collect
 from fragua.settings import DataSettings, TrainSettings
 
 from .conftest import EXAMPLES
@@ -74,7 +74,7 @@ def tiny_gguf(tiny_base, tmp_path_factory):
 def test_a_gguf_file_loads_as_the_same_model_and_tokenizer(tiny_base, tiny_tokenizer, tiny_gguf):
     from transformers import AutoModelForCausalLM
 
-    from fragua.modeling import load_causal_lm, load_tokenizer
+    from fragua.models.loading import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_gguf))
     text = "¿A qué hora es el check-in? The learning rate matters."
@@ -89,8 +89,8 @@ def test_a_gguf_file_loads_as_the_same_model_and_tokenizer(tiny_base, tiny_token
 
 
 def test_training_from_a_gguf_base_saves_an_adapter_that_loads_over_it(tiny_gguf, tmp_path):
-    from fragua.modeling import load_for_inference
-    from fragua.training import train
+    from fragua.models.loading import load_for_inference
+    from fragua.train.trainer import train
 
     records = [r for r in collect(DataSettings(sources=[{"path": str(EXAMPLES / "batch1")}])).records if r.split == "train"][:32]
     settings = TrainSettings(base_model=str(tiny_gguf), max_steps=2, batch_size=8, save_steps=100, logging_steps=1)
@@ -104,7 +104,7 @@ def test_training_from_a_gguf_base_saves_an_adapter_that_loads_over_it(tiny_gguf
 
 
 def test_a_missing_gguf_file_is_reported(tmp_path):
-    from fragua.modeling import ModelLoadError, load_tokenizer
+    from fragua.models.loading import ModelLoadError, load_tokenizer
 
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_tokenizer("model.gguf")

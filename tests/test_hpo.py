@@ -3,11 +3,9 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
-
-from fragua import jobs
-from fragua.hpo import Trial, TrialResult, best_trial, sample_trials, trial_settings
+from fragua.jobs.train import run_trial
 from fragua.settings import HpoSettings, Settings
+from fragua.train.hpo import Trial, TrialResult, best_trial, sample_trials, trial_settings
 
 from .conftest import EXAMPLES, make_settings
 
@@ -46,14 +44,14 @@ def test_trial_settings_replace_only_the_searched_values():
 
 def test_a_trial_after_the_deadline_is_skipped(tmp_path):
     trial = Trial(number=1, learning_rate=1e-3, r=8, alpha=16, epochs=1)
-    result = jobs.run_trial(make_settings(tmp_path), "no-such-dataset", trial, deadline=time.time() - 1)
+    result = run_trial(make_settings(tmp_path), "no-such-dataset", trial, deadline=time.time() - 1)
     assert result.status == "skipped (time budget)" and result.eval_loss is None
 
 
 def test_hpo_flow_runs_trials_as_tasks_and_records_them(prefect_api, tmp_path):
     from prefect import get_client
 
-    from flows.hpo import hpo_flow
+    from fragua.flows.hpo import hpo_flow
 
     settings = make_settings(
         tmp_path / "work",

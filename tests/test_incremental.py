@@ -5,11 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fragua import dataset_store, jobs
-from fragua.incremental import select_incremental
-from fragua.modeling import load_for_inference
-from fragua.records import Message, Record
-from fragua.training import encode_records
+from fragua.data import store as dataset_store
+from fragua.data.records import Message, Record
+from fragua.jobs.data import ingest_sources
+from fragua.jobs.train import train_model
+from fragua.models.loading import load_for_inference
+from fragua.registry import open_registry
+from fragua.train.data import encode_records
+from fragua.train.incremental import select_incremental
 
 from .conftest import EXAMPLES, make_settings
 
@@ -47,7 +50,7 @@ def answer_loss(model_dir, records, settings) -> float:
 
 def publish_as_production(settings, report, dataset_id) -> str:
     """Register a trained run as the production version (what deploy does after validation)."""
-    registry = jobs.open_registry(settings)
+    registry = open_registry(settings)
     version = registry.allocate("tiny")
     model_dir = __import__("pathlib").Path(report.adapter_dir)
     files = {p.relative_to(model_dir).as_posix(): p for p in model_dir.rglob("*") if p.is_file()}
@@ -59,15 +62,15 @@ def publish_as_production(settings, report, dataset_id) -> str:
 def test_a_new_version_learns_the_new_facts_and_keeps_the_old_ones(tmp_path):
     work = tmp_path / "work"
     first = make_settings(work, data={"sources": [{"path": str(OLD)}]}, train={**TRAIN, "incremental": True})
-    old_dataset = jobs.ingest_sources(first)
-    v1_report = jobs.train_model(first, old_dataset.id)  # no production version yet: trains from the base on everything
+    old_dataset = ingest_sources(first)
+    v1_report = train_model(first, old_dataset.id)  # no production version yet: trains from the base on everything
     assert v1_report.parent_version is None and v1_report.examples == old_dataset.counts["train"]
     v1 = publish_as_production(first, v1_report, old_dataset.id)
 
     both = make_settings(work, data={"sources": [{"path": str(OLD)}, {"path": str(NEW)}]},
                          train={**TRAIN, "max_steps": 30, "learning_rate": 2e-3, "incremental": True, "replay_ratio": 1.0})
-    new_dataset = jobs.ingest_sources(both)
-    v2_report = jobs.train_model(both, new_dataset.id)
+    new_dataset = ingest_sources(both)
+    v2_report = train_model(both, new_dataset.id)
 
     old_train = dataset_store.load_records(old_dataset, "train")
     old_ids = {r.id for r in old_train}

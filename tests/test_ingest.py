@@ -7,8 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fragua.dataset_store import load_records
-from fragua.ingest import IngestError, assign_split, collect, ingest
+from fragua.data.ingest import IngestError, collect, ingest
+from fragua.data.splits import assign_split
+from fragua.data.store import load_records
 from fragua.settings import DataSettings
 
 from .conftest import EXAMPLES
@@ -91,7 +92,7 @@ def test_mostly_unusable_file_fails_naming_first_bad_line(tmp_path):
 
 def test_unknown_format_names_the_formats_tried(tmp_path):
     path = write_jsonl(tmp_path / "odd.jsonl", [{"text": "hello", "label": 1}])
-    with pytest.raises(IngestError, match=r"odd\.jsonl: unknown format.*alpaca, prompt_completion, chat, multiple_choice"):
+    with pytest.raises(IngestError, match=r"odd\.jsonl: unknown format.*chat, sharegpt, squad, head_qa, multiple_choice, alpaca, prompt_completion"):
         collect(data_settings(path))
 
 

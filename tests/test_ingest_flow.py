@@ -35,7 +35,7 @@ def _artifacts(flow_run_id) -> dict[str, str]:
 
 
 def _run(settings):
-    from flows.ingest import ingest_flow
+    from fragua.flows.ingest import ingest_flow
 
     state = ingest_flow(settings, return_state=True)
     return state.result(), state.state_details.flow_run_id

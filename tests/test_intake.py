@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from fragua.intake import ExampleRow, IdempotencyConflict, IntakeQueue, RowError, messages_record, question_answer_record
+from fragua.intake.queue import ExampleRow, IdempotencyConflict, IntakeQueue, RowError, messages_record, question_answer_record
 
 
 @pytest.fixture

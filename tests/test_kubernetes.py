@@ -71,5 +71,5 @@ def test_deployment_job_variables_fit_the_pool_and_render_a_job(prefect_api, dep
 
 
 def test_train_deployment_requests_a_gpu_per_process():
-    train = next(d for d in _deployments() if d["entrypoint"] == "flows.train:train_flow")
+    train = next(d for d in _deployments() if d["entrypoint"] == "fragua.flows.train:train_flow")
     assert train["work_pool"]["job_variables"]["gpu_count"] == train["parameters"]["settings"]["train"]["num_processes"] >= 1

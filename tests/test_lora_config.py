@@ -6,8 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from fragua.cli import app
-from fragua.lora_config import count_parameters, recommend_lora
 from fragua.settings import Settings
+from fragua.train.lora_config import count_parameters, recommend_lora
 
 
 @pytest.mark.parametrize(

@@ -5,17 +5,7 @@ from fractions import Fraction
 
 import pytest
 
-from fragua.metrics import (
-    choose_option,
-    corpus_bleu,
-    exact_match,
-    normalize_answer,
-    numeric_match,
-    parse_number,
-    rouge_l,
-    sentence_bleu,
-    token_f1,
-)
+from fragua.validate.metrics import choose_option, corpus_bleu, exact_match, normalize_answer, numeric_match, parse_number, rouge_l, sentence_bleu, token_f1
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fragua.ingest import collect, ingest
-from fragua.quality import COMPONENTS
-from fragua.records import REJECTION_KINDS, from_alpaca
+from fragua.data.formats.adapt import from_alpaca
+from fragua.data.ingest import collect, ingest
+from fragua.data.quality import COMPONENTS
+from fragua.data.records import REJECTION_KINDS
 from fragua.settings import DataSettings
 
 from .conftest import EXAMPLES
@@ -225,7 +226,7 @@ def test_row_level_adapter_rejects_what_ingest_rejects():
 
 
 def test_csv_that_is_not_utf8_fails_naming_the_file(tmp_path):
-    from fragua.ingest import IngestError
+    from fragua.data.ingest import IngestError
 
     path = tmp_path / "latin1.csv"
     path.write_bytes("prompt,completion\nWhere is the café?,Downstairs.\n".encode("latin-1"))

@@ -2,16 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from fragua.records import (
-    RowError,
-    answer_index,
-    content_key,
-    detect_format,
-    from_alpaca,
-    from_chat,
-    from_multiple_choice,
-    from_prompt_completion,
-)
+from fragua.data.formats import detect_format
+from fragua.data.formats.adapt import from_alpaca, from_chat, from_multiple_choice, from_prompt_completion
+from fragua.data.records import RowError, answer_index, content_key
 
 
 def test_alpaca_with_input_and_extra_fields_kept_in_meta():

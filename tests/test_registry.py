@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fragua.registry import AliasConflict, Registry, RegistryError, sha256_file, size_label
-from fragua.s3 import S3Store
-from fragua.storage import LocalStore, ObjectStore
+from fragua.registry.versions import AliasConflict, Registry, RegistryError, sha256_file, size_label
+from fragua.storage.s3 import S3Store
+from fragua.storage.store import LocalStore, ObjectStore
 
 
 def registry(store: ObjectStore) -> Registry:
@@ -226,7 +226,7 @@ def test_concurrent_promotes_one_wins(store, tmp_path):
 
 def test_two_concurrent_deploy_promotions_exactly_one_wins(store, tmp_path):
     """What two deploy flows validated against the same production do at the same moment."""
-    from fragua.jobs import promote_version
+    from fragua.jobs.registry import promote_version
 
     reg = registry(store)
     base, left, right = (published(reg, tmp_path, p) for p in ("base", "left", "right"))
@@ -368,7 +368,7 @@ def test_an_alias_cannot_land_on_a_version_retention_deleted(store, tmp_path):
 
 
 def test_gc_aborts_multipart_uploads_left_by_a_killed_process(s3_settings):
-    from fragua.s3 import open_s3_store
+    from fragua.storage.s3 import open_s3_store
 
     store = open_s3_store(s3_settings)
     reg = registry(store)

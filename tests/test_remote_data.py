@@ -6,12 +6,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fragua.dataset_store import ObjectDatasetStore
-from fragua.ingest import ingest
-from fragua.dataset_store import load_records
-from fragua.remote_data import stream_records, stream_split
-from fragua.s3 import S3Store
+from fragua.data.ingest import ingest
+from fragua.data.remote import stream_records, stream_split
+from fragua.data.store import ObjectDatasetStore, load_records
 from fragua.settings import DataSettings
+from fragua.storage.s3 import S3Store
 
 from .conftest import EXAMPLES
 

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import math
 
-from fragua.evaluation import Evaluation, ItemResult, MetricSet
-from fragua.gates import decide
-from fragua.plots import loss_curve, metric_bars
-from fragua.report import comparison_rows, validation_report
+from fragua.reports.validation import comparison_rows, validation_report
 from fragua.settings import ValidateSettings
+from fragua.validate.gates import decide
+from fragua.validate.plots import loss_curve, metric_bars
+from fragua.validate.scoring import Evaluation, ItemResult, MetricSet
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

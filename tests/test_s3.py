@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fragua import jobs
 from fragua.cli import app
-from fragua.progress import transfer_progress
-from fragua.registry import Registry
+from fragua.registry import open_registry
+from fragua.registry.versions import Registry
 from fragua.settings import Settings
-from fragua.storage import StoreConfigurationError
+from fragua.storage.progress import transfer_progress
+from fragua.storage.store import StoreConfigurationError
 
 from .s3server import ACCESS_KEY, REGION, SECRET_KEY
 
@@ -37,7 +37,7 @@ def test_s3_from_environment_variables_and_the_standard_aws_chain(s3_settings, m
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     settings = Settings.load(work_dir=str(tmp_path / "work"))
     assert settings.registry.access_key_id is None  # the keys come from boto3's own chain
-    registry = jobs.open_registry(settings)
+    registry = open_registry(settings)
     assert registry.describe() == f"s3://{s3_settings.bucket}/models/fragua"
     version = publish_one(registry, tmp_path)
     assert [m.version for m in registry.versions()] == [version]
@@ -45,33 +45,33 @@ def test_s3_from_environment_variables_and_the_standard_aws_chain(s3_settings, m
 
 
 def test_credentials_from_a_prefect_aws_block(prefect_api, s3_settings, tmp_path):
-    from blocks import save_s3_credentials
+    from fragua.blocks import save_s3_credentials
 
     slug = save_s3_credentials(ACCESS_KEY, SECRET_KEY, "test-minio", kind="minio", region=REGION, endpoint_url=s3_settings.endpoint_url)
     assert slug == "minio-credentials/test-minio"
     settings = Settings(work_dir=tmp_path, registry={"backend": "s3", "bucket": s3_settings.bucket, "credentials_block": slug})
-    registry = jobs.open_registry(settings)  # endpoint and keys both come from the block
+    registry = open_registry(settings)  # endpoint and keys both come from the block
     version = publish_one(registry, tmp_path)
     assert registry.manifest(version).number == 1
     assert SECRET_KEY not in json.dumps(settings.redacted())
 
     aws = save_s3_credentials(ACCESS_KEY, SECRET_KEY, "test-aws", kind="aws", region=REGION)
     with_endpoint = {"backend": "s3", "bucket": s3_settings.bucket, "credentials_block": aws, "endpoint_url": s3_settings.endpoint_url}
-    assert [m.version for m in jobs.open_registry(Settings(work_dir=tmp_path, registry=with_endpoint)).versions()] == [version]
+    assert [m.version for m in open_registry(Settings(work_dir=tmp_path, registry=with_endpoint)).versions()] == [version]
 
 
 def test_a_missing_credentials_block_is_a_clear_error(prefect_api, s3_settings, tmp_path):
     settings = Settings(work_dir=tmp_path, registry={"backend": "s3", "bucket": s3_settings.bucket, "credentials_block": "aws-credentials/nope"})
     with pytest.raises(StoreConfigurationError, match="aws-credentials/nope.*fragua blocks save-s3-credentials"):
-        jobs.open_registry(settings)
+        open_registry(settings)
 
 
 def test_a_missing_bucket_is_a_clear_permanent_error(s3_settings, tmp_path):
-    from tasks import PERMANENT_ERRORS
+    from fragua.tasks import PERMANENT_ERRORS
 
     settings = Settings(work_dir=tmp_path, registry={**s3_settings.model_dump(), "bucket": "no-such-bucket-here", "secret_access_key": SECRET_KEY})
     with pytest.raises(StoreConfigurationError, match="no-such-bucket-here.*bucket does not exist") as caught:
-        jobs.open_registry(settings).allocate("tiny")
+        open_registry(settings).allocate("tiny")
     assert isinstance(caught.value, PERMANENT_ERRORS)  # Prefect does not retry it
 
 
@@ -107,7 +107,7 @@ def test_registry_gc_command_on_s3(s3_settings, tmp_path, monkeypatch):
                         "ACCESS_KEY_ID": ACCESS_KEY, "SECRET_ACCESS_KEY": SECRET_KEY}.items():
         monkeypatch.setenv(f"FRAGUA_REGISTRY__{name}", value)
     settings = Settings(work_dir=tmp_path)
-    registry = jobs.open_registry(settings)
+    registry = open_registry(settings)
     versions = [publish_one(registry, tmp_path, str(i)) for i in range(4)]
     registry.promote(versions[0], reason="test")
     half = registry.allocate("tiny")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import sys
@@ -14,12 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from fragua.ingest import ingest
+from fragua.data.ingest import ingest
+from fragua.data.shards import plan_shards, shard_batches, threaded_mapper
+from fragua.data.sources import expand_sources
 from fragua.settings import DataSettings, ScaleSettings, SourceSpec
-from fragua.shards import plan_shards, shard_batches, threaded_mapper
-from fragua.sources import expand_sources
 
 from .conftest import make_settings
+from .prefect_runs import tagged, task_runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from ingest import generate  # noqa: E402  (bench/ingest.py: mixed formats, duplicates, bad and broken rows)
@@ -36,6 +36,24 @@ def mixed(tmp_path_factory) -> Path:
     with (folder / "small.csv").open("w") as handle:
         handle.write("instruction,output\n" + "".join(f"Question {i}?,Answer number {i}.\n" for i in range(50)))
     return folder
+
+
+@pytest.fixture(scope="module")
+def mixed_for_expansion(tmp_path_factory) -> Path:
+    """Fewer rows of every bench format: expansion's shards are cut smaller instead (scale.expand_shard_rows)."""
+    folder = tmp_path_factory.mktemp("mixed-small")
+    generate(folder, 4_000, seed=3)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dask_cluster():
+    """A two-worker local Dask cluster on 127.0.0.1, shared by this module's flows (scale.address).
+    A cluster started by the task runner itself (no address) is what bench/expand.py runs, in tests/test_bench.py."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
 
 
 def _quarantine(manifest) -> list[str]:
@@ -84,12 +102,12 @@ def test_address_needs_a_cluster_runner():
         ScaleSettings(address="tcp://127.0.0.1:8786")
 
 
-def test_ingest_flow_on_a_two_worker_local_dask_cluster_gives_the_default_runners_id(prefect_api, mixed, tmp_path):
-    from flows.ingest import ingest_flow
+def test_ingest_flow_on_a_two_worker_local_dask_cluster_gives_the_default_runners_id(prefect_api, mixed, dask_cluster, tmp_path):
+    from fragua.flows.ingest import ingest_flow
 
     data = {"sources": [{"path": str(mixed)}], "max_rejected_fraction": 1.0, "batch_size": 1000}
     default = ingest_flow(make_settings(tmp_path / "threads", data=data, scale={"shard_bytes": 1 << 18}))
-    on_dask = ingest_flow(make_settings(tmp_path / "dask", data=data, scale={"task_runner": "dask", "workers": 2, "shard_bytes": 1 << 18}))
+    on_dask = ingest_flow(make_settings(tmp_path / "dask", data=data, scale={"task_runner": "dask", "address": dask_cluster, "shard_bytes": 1 << 18}))
     plain = ingest(DataSettings(**data), tmp_path / "plain")
     assert default.id == on_dask.id == plain.id
     assert json.loads(default.model_dump_json(include={"counts", "duplicates", "quarantined"})) == json.loads(
@@ -98,15 +116,16 @@ def test_ingest_flow_on_a_two_worker_local_dask_cluster_gives_the_default_runner
 
 
 @pytest.mark.parametrize("runner", ["threads", "dask"])
-def test_eval_batch_flow_scores_shards_as_tasks_like_one_process(prefect_api, tiny_base, tmp_path, runner):
-    from flows.eval_batch import eval_batch_flow
-    from fragua.batch_eval import run_eval_batch
-    from fragua.inference import resolve_model
+def test_eval_batch_flow_scores_shards_as_tasks_like_one_process(prefect_api, tiny_base, tmp_path, runner, request):
+    from fragua.flows.eval_batch import eval_batch_flow
+    from fragua.inference.choice import resolve_model
+    from fragua.validate.batch import run_eval_batch
 
     from .test_batch_eval import QUESTIONS, write_jsonl
 
     questions = write_jsonl(tmp_path / "questions.jsonl", QUESTIONS)
-    settings = make_settings(tmp_path / "work", validate={"max_new_tokens": 8}, scale={"task_runner": runner, "workers": 2, "eval_shard_items": 2})
+    where = {"address": request.getfixturevalue("dask_cluster")} if runner == "dask" else {"workers": 2}
+    settings = make_settings(tmp_path / "work", validate={"max_new_tokens": 8}, scale={"task_runner": runner, "eval_shard_items": 2, **where})
     single = run_eval_batch(settings, questions, resolve_model(settings, path=tiny_base), tmp_path / "single.json")
     sharded = eval_batch_flow(str(questions), str(tmp_path / "sharded.json"), settings=settings, path=str(tiny_base))
     assert [i.id for i in sharded.items] == [i.id for i in single.items] and len(single.items) == 6
@@ -116,17 +135,20 @@ def test_eval_batch_flow_scores_shards_as_tasks_like_one_process(prefect_api, ti
     assert (tmp_path / "sharded.json").is_file()
 
 
-def test_expand_flow_on_a_two_worker_local_dask_cluster_gives_the_in_process_version(prefect_api, mixed, tmp_path):
-    from flows.ingest import expand_flow, ingest_flow
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+SHARD_ROWS = 700  # rows per survey shard: 4 of mixed_for_expansion's train split, and 18 variant shards
 
-    data = {"sources": [{"path": str(mixed)}], "max_rejected_fraction": 1.0, "batch_size": 1000}
-    expanded = {}
-    for runner in ("threads", "dask"):
+
+def test_expand_flow_on_a_two_worker_local_dask_cluster_gives_the_in_process_version(prefect_api, mixed_for_expansion, dask_cluster, tmp_path):
+    from fragua.flows.expand import expand_flow
+    from fragua.flows.ingest import ingest_flow
+
+    data = {"sources": [{"path": str(mixed_for_expansion)}], "max_rejected_fraction": 1.0, "batch_size": 1000}
+    expanded, run_tags = {}, {}
+    for runner, where in (("threads", {"workers": 2}), ("dask", {"address": dask_cluster})):
         settings = make_settings(tmp_path / runner, data=data, expand={"expansion_factor": 2.5},
-                                 scale={"task_runner": runner, "workers": 2, "expand_shard_rows": 700})
-        expanded[runner] = expand_flow(settings, ingest_flow(settings).id)
+                                 scale={"task_runner": runner, "expand_shard_rows": SHARD_ROWS, **where})
+        with tagged() as run_tags[runner]:
+            expanded[runner] = expand_flow(settings, ingest_flow(settings).id)
     threads, dask = expanded["threads"], expanded["dask"]
     assert dask.id == threads.id and dask.parent == threads.parent
     assert dask.report == threads.report and dask.quarantined == threads.quarantined
@@ -135,13 +157,7 @@ def test_expand_flow_on_a_two_worker_local_dask_cluster_gives_the_in_process_ver
     for split in threads.counts:
         assert pq.read_table(dask.split_path(split)).equals(pq.read_table(threads.split_path(split)))
 
-    async def shard_runs() -> list[str]:
-        async with get_client() as client:
-            runs = await client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="parents from")))
-            surveys = await client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="survey ")))
-            return [r.name for r in runs + surveys if r.state.is_completed()]
-
-    names = asyncio.run(shard_runs())
+    names = [r.name for r in task_runs(run_tags["dask"], "parents from") + task_runs(run_tags["dask"], "survey ") if r.state.is_completed()]
     train_rows = report["train_before"]
-    assert sum(n.startswith("survey ") for n in names) == math.ceil(train_rows / 700)  # every train row surveyed on the cluster
+    assert sum(n.startswith("survey ") for n in names) == math.ceil(train_rows / SHARD_ROWS)  # every train row surveyed on the cluster
     assert sum("parents from" in n for n in names) > 3

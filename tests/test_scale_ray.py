@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from fragua.ingest import ingest
-from fragua import jobs
+from fragua.data.ingest import ingest
+from fragua.jobs.data import expand_dataset, ingest_sources
 from fragua.settings import DataSettings, Settings
 
-from .test_scale import mixed  # noqa: F401  (module fixture: every bench format, 12,000 rows)
+from .test_scale import mixed_for_expansion  # noqa: F401  (module fixture: every bench format, 4,000 rows)
 
 pytest.importorskip("prefect_ray")
 
@@ -31,7 +31,8 @@ RUN_ON_RAY = """
 import json, sys
 import ray
 from prefect.client.orchestration import get_client
-from flows.ingest import expand_flow, ingest_flow
+from fragua.flows.expand import expand_flow
+from fragua.flows.ingest import ingest_flow
 from fragua.settings import Settings
 
 settings = Settings.model_validate_json(sys.argv[1])
@@ -53,20 +54,23 @@ def _loopback_only_namespace() -> list[str] | None:
     return ["unshare", "-rn", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"] if probe.returncode == 0 else None
 
 
-def test_ingest_and_expand_flows_on_a_local_ray_give_the_default_runners_ids(mixed, tmp_path):  # noqa: F811
+def test_ingest_and_expand_flows_on_a_local_ray_give_the_default_runners_ids(mixed_for_expansion, tmp_path):  # noqa: F811
     namespace = _loopback_only_namespace()
     if namespace is None:
         pytest.skip("needs `unshare -rn` (user and network namespaces) to keep the local Ray off the network")
-    data = {"sources": [{"path": str(mixed)}], "max_rejected_fraction": 1.0, "batch_size": 1000}
+    data = {"sources": [{"path": str(mixed_for_expansion)}], "max_rejected_fraction": 1.0, "batch_size": 1000}
     settings = {"work_dir": str(tmp_path / "ray-work"), "tracking": {"mode": "disabled"}, "data": data, "expand": {"expansion_factor": 2.0},
-                "scale": {"task_runner": "ray", "workers": 2, "shard_bytes": 1 << 18, "expand_shard_rows": 1500}}
+                "scale": {"task_runner": "ray", "workers": 2, "shard_bytes": 1 << 16, "expand_shard_rows": 500}}
     # Ray's socket paths must stay under 108 bytes, which pytest's tmp_path can exceed.
     ray_dir = tempfile.mkdtemp(prefix="ray-")
     env = {**os.environ, "HOME": str(tmp_path / "home"), "RAY_TMPDIR": ray_dir, "PREFECT_HOME": str(tmp_path / "prefect"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    # The suite's Prefect server is on the host's loopback, which the namespace cannot reach:
+    # the flows report to a server of their own, started inside the namespace.
     env.pop("PREFECT_API_URL", None)
+    with_server = [sys.executable, "-m", "tests.prefect_server", str(tmp_path / "prefect-server"), "--"]
     try:
-        done = subprocess.run([*namespace, sys.executable, "-c", RUN_ON_RAY, json.dumps(settings)],
+        done = subprocess.run([*namespace, *with_server, sys.executable, "-c", RUN_ON_RAY, json.dumps(settings)],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)
@@ -80,5 +84,5 @@ def test_ingest_and_expand_flows_on_a_local_ray_give_the_default_runners_ids(mix
     assert not result["ray_left_running"], "the task runner shuts down the Ray it started"
     assert result["shard_task_runs"] > 3, "the shards ran as prepare-shard task runs"
     inline = Settings(**{**settings, "work_dir": tmp_path / "inline", "scale": {}})
-    assert result["expanded"] == jobs.expand_dataset(inline, jobs.ingest_sources(inline).id).id
+    assert result["expanded"] == expand_dataset(inline, ingest_sources(inline).id).id
     assert result["expand_task_runs"] > 8, "expand's shards ran as prepare-expand-shard task runs"

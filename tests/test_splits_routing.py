@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from fragua.dataset_store import load_dataset_view, load_records
-from fragua.expand import expand_train
-from fragua.ingest import assign_split, collect, ingest
-from fragua.jobs import dataset_split
+from fragua.data.expand import expand_train
+from fragua.data.ingest import collect, ingest
+from fragua.data.splits import assign_split
+from fragua.data.store import load_dataset_view, load_records
+from fragua.jobs.data import dataset_split
 from fragua.settings import DataSettings, ExpandSettings
 
 from .conftest import EXAMPLES, make_settings

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fragua.storage import NotFound, PreconditionFailed, StoreError
+from fragua.storage.store import NotFound, PreconditionFailed, StoreError
 
 
 def test_create_only_writes(store):

@@ -9,8 +9,9 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from fragua.records import RecordDraft, content_key, from_alpaca, record_id
-from fragua.textops import conversation_id, conversation_ids, hex_ids, json_objects, json_values, normalise, normalised_bytes, python_json
+from fragua.data.formats.adapt import from_alpaca
+from fragua.data.records import RecordDraft, content_key, record_id
+from fragua.data.textops import conversation_id, conversation_ids, hex_ids, json_objects, json_values, normalise, normalised_bytes, python_json
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fragua.ingest import collect
+from fragua.data.ingest import collect
 from fragua.settings import DataSettings, TrainSettings
-from fragua.training import COMPLETE_MARKER, latest_complete_checkpoint, train
+from fragua.train.checkpoints import COMPLETE_MARKER, latest_complete_checkpoint
+from fragua.train.trainer import train
 
 from .conftest import EXAMPLES
 
@@ -81,7 +82,7 @@ def test_full_fine_tuning_saves_a_whole_model(tiny_base, records, tmp_path):
 def test_qlora_without_bitsandbytes_fails_before_loading(tiny_base, records, tmp_path, monkeypatch):
     import builtins
 
-    from fragua.modeling import ModelLoadError
+    from fragua.models.loading import ModelLoadError
 
     real_import = builtins.__import__
 
@@ -98,7 +99,7 @@ def test_qlora_without_bitsandbytes_fails_before_loading(tiny_base, records, tmp
 @pytest.mark.parametrize("bits", [4, 8])
 def test_qlora_trains_its_adapters_on_a_quantised_base(tiny_base, records, tmp_path, bits):
     pytest.importorskip("bitsandbytes")
-    from fragua.modeling import ModelLoadError, require_quantization_backend
+    from fragua.models.loading import ModelLoadError, require_quantization_backend
 
     try:
         require_quantization_backend()
@@ -120,7 +121,7 @@ def base_without_chat_tokens(tmp_path_factory):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from fragua.base_model import corpus_texts
+    from fragua.models.tiny import corpus_texts
 
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -141,8 +142,8 @@ def base_without_chat_tokens(tmp_path_factory):
 def test_chatml_tokens_missing_from_the_vocabulary_are_added_and_trained(base_without_chat_tokens, records, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from fragua.chat import CHATML_TEMPLATE
-    from fragua.modeling import load_for_inference
+    from fragua.models.loading import load_for_inference
+    from fragua.models.templates import CHATML_TEMPLATE
 
     report, _ = run(base_without_chat_tokens, records, tmp_path / "run", max_steps=4)
     assert report.added_tokens == ["<|im_start|>", "<|im_end|>"]

@@ -4,7 +4,6 @@ production stays; the promoted version carries its reports and plots and can be 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 
@@ -12,25 +11,18 @@ import pytest
 from typer.testing import CliRunner
 
 from fragua.cli import app
-from fragua.jobs import load_validation, open_registry
+from fragua.jobs.validate import load_validation
+from fragua.registry import open_registry
 from fragua.settings import Settings
 
 from .conftest import EXAMPLES
+from .prefect_runs import latest_artifact, tagged
 
 pytestmark = pytest.mark.e2e
 
 
-async def latest_artifact(key: str):
-    from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    async with get_client() as client:
-        found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-    return max(found, key=lambda a: a.created)
-
-
 def test_a_destroyed_candidate_is_rejected_naming_the_metric_and_production_stays(prefect_api, tmp_path):
-    from flows.pipeline import pipeline_flow
+    from fragua.flows.pipeline import pipeline_flow
 
     work = tmp_path / "work"
     data = {"sources": [{"path": str(EXAMPLES / "batch1")}]}
@@ -50,7 +42,8 @@ def test_a_destroyed_candidate_is_rejected_naming_the_metric_and_production_stay
 
     # The challenger: same data, a learning rate that destroys the adapters.
     destructive = Settings(work_dir=work, data=data, train={"learning_rate": 1.0, "max_steps": 20}, validate=validate, tracking={"mode": "disabled"})
-    challenger = pipeline_flow(destructive)
+    with tagged() as tag:
+        challenger = pipeline_flow(destructive)
 
     assert not challenger.passed and not challenger.promoted and challenger.version is None
     assert challenger.production == "fragua-tiny-v1"
@@ -66,10 +59,10 @@ def test_a_destroyed_candidate_is_rejected_naming_the_metric_and_production_stay
     assert registry.alias("production")[0].version == "fragua-tiny-v1"
     assert len(registry.history()) == 1
 
-    report = asyncio.run(latest_artifact("validation-report"))
+    report = latest_artifact(tag, "validation-report")
     assert f"# Validation of run `{challenger.run_id}`: FAILED" in report.data
     assert "FAIL token_f1" in report.data and "metrics_by_domain.png`" in report.data
-    table = asyncio.run(latest_artifact("validation-metrics"))
+    table = latest_artifact(tag, "validation-metrics")
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert {row["model"] for row in rows} == {"candidate", "production fragua-tiny-v1", "base"}
 

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from fragua import jobs
-from fragua.registry import PRODUCTION
+from fragua.registry import open_registry
+from fragua.registry.versions import PRODUCTION
 from fragua.settings import Settings
 
 from ..conftest import QUICK
@@ -39,11 +39,11 @@ def test_concurrent_deploys_get_distinct_complete_versions_and_exactly_one_is_pr
         assert "validate again" in error or "moved while this change was prepared" in error, error
 
     settings = Settings(work_dir=work, **QUICK)
-    registry = jobs.open_registry(settings)
+    registry = open_registry(settings)
     published = [m.version for m in registry.versions()]
     assert published == ["fragua-tiny-v1", "fragua-tiny-v2", "fragua-tiny-v3"]  # one number each, none shared
     for version in published:
-        jobs.fetch_version(settings, version)  # each one complete: every checksum matches
+        open_registry(settings).fetch(version)  # each one complete: every checksum matches
     production = registry.alias(PRODUCTION)[0].version
     assert production in published and production in winners[0]
     assert [(e.alias, e.from_version, e.to_version) for e in registry.history()] == [(PRODUCTION, None, production)]

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from fragua import jobs
-from fragua.registry import PRODUCTION
-from fragua.storage import NotFound, StoreError
+from fragua.registry import open_registry
+from fragua.registry.versions import PRODUCTION
+from fragua.storage.store import NotFound, StoreError
 
 from ..test_deploy_s3 import deploy_settings, revalidate_against_production  # noqa: F401  (a fixture)
 
@@ -34,7 +34,7 @@ class RegistryWatcher(threading.Thread):
         self.seen: set[tuple[str | None, tuple[str, ...]]] = set()
 
     def look(self) -> None:
-        registry = jobs.open_registry(self.settings)
+        registry = open_registry(self.settings)
         visible = registry.versions()
         for manifest in visible:
             prefix = registry.version_prefix(manifest.version)
@@ -63,7 +63,7 @@ class RegistryWatcher(threading.Thread):
 
 
 def test_a_reader_never_sees_a_partial_version_while_uploads_fail_and_the_server_restarts(prefect_api, deploy_settings, s3_server):  # noqa: F811
-    from flows.deploy import deploy_flow
+    from fragua.flows.deploy import deploy_flow
 
     settings, run_id = deploy_settings
     assert deploy_flow(settings, run_id).production == "fragua-tiny-v1"
@@ -89,9 +89,9 @@ def test_a_reader_never_sees_a_partial_version_while_uploads_fail_and_the_server
     # What readers saw, in order of appearance: v1 alone in production, then v2 complete, then promoted.
     assert ("fragua-tiny-v1", ("fragua-tiny-v1",)) in watcher.seen
     assert all(production in names for production, names in watcher.seen)
-    registry = jobs.open_registry(settings)
+    registry = open_registry(settings)
     assert [m.version for m in registry.versions()] == ["fragua-tiny-v1", "fragua-tiny-v2"]
     assert [key for key in registry.store.list_keys("") if "/allocations/" in key] == [
         "models/fragua/allocations/v1.json", "models/fragua/allocations/v2.json"]
-    jobs.confirm_production(settings, "fragua-tiny-v2")
-    jobs.fetch_version(settings, "fragua-tiny-v2")  # every checksum matches
+    open_registry(settings).confirm(PRODUCTION, "fragua-tiny-v2")
+    open_registry(settings).fetch("fragua-tiny-v2")  # every checksum matches

@@ -11,10 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from fragua import api, jobs
-from fragua.intake import IntakeQueue, question_answer_record
-from fragua.registry import PRODUCTION
+from fragua.flows.autotrain import forced_autotrain
+from fragua.intake import api
+from fragua.intake.queue import IntakeQueue, question_answer_record
+from fragua.registry import open_registry
+from fragua.registry.versions import PRODUCTION
 from fragua.settings import Settings
+from fragua.tasks import validate as validate_tasks
 
 from ..apiserver import ApiServer
 from ..conftest import QUICK
@@ -94,7 +97,7 @@ def test_tokens_are_compared_in_constant_time(tmp_path, monkeypatch):
         return real(a, b)
 
     monkeypatch.setattr(api.hmac, "compare_digest", spy)
-    client = TestClient(api.create_app(Settings(work_dir=tmp_path / "work", intake={"api_token": TOKEN})))
+    client = TestClient(api.create_app(Settings(work_dir=tmp_path / "work", intake={"api_token": TOKEN}), forced_autotrain))
     assert client.get("/examples/pending", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.get("/examples/pending").status_code == 401
     assert client.get("/examples/pending", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
@@ -104,8 +107,8 @@ def test_tokens_are_compared_in_constant_time(tmp_path, monkeypatch):
 
 @pytest.mark.e2e
 def test_a_failing_validate_step_leaves_production_and_the_intake_queue_as_they_were(prefect_api, validated_work, tmp_path, monkeypatch):
-    from flows.autotrain import autotrain_flow
-    from flows.deploy import deploy_flow
+    from fragua.flows.autotrain import autotrain_flow
+    from fragua.flows.deploy import deploy_flow
 
     template, run_id = validated_work
     work = tmp_path / "work"
@@ -114,7 +117,7 @@ def test_a_failing_validate_step_leaves_production_and_the_intake_queue_as_they_
     base = template / "base" / "fragua-tiny"
     settings = Settings(work_dir=work, **{**QUICK, "train": {**QUICK["train"], "base_model": str(base)}})
     assert deploy_flow(settings, run_id).production == "fragua-tiny-v1"
-    registry = jobs.open_registry(settings)
+    registry = open_registry(settings)
     before = (registry.alias(PRODUCTION), registry.history(), registry.store.list_keys(""))
     queue = IntakeQueue.from_settings(settings)
     rng = random.Random(0)
@@ -124,7 +127,7 @@ def test_a_failing_validate_step_leaves_production_and_the_intake_queue_as_they_
     def evaluation_crashes(*args, **kwargs):
         raise RuntimeError("evaluation worker lost")
 
-    monkeypatch.setattr(jobs, "evaluate_model", evaluation_crashes)
+    monkeypatch.setattr(validate_tasks, "evaluate_model", evaluation_crashes)
     with pytest.raises(Exception, match="evaluation worker lost"):
         autotrain_flow(settings)
 

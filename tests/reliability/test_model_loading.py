@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fragua.modeling import ModelLoadError, load_causal_lm, load_for_inference
+from fragua.models.loading import ModelLoadError, load_causal_lm, load_for_inference
 from fragua.settings import Settings, TrainSettings
 
 

@@ -12,8 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fragua import jobs
-from fragua.training import latest_complete_checkpoint
+from fragua.jobs.data import ingest_sources
+from fragua.jobs.train import train_model, training_run_id
+from fragua.models.tiny import ensure_base_model
+from fragua.train.checkpoints import latest_complete_checkpoint
 
 from ..conftest import EXAMPLES, make_settings
 
@@ -22,10 +24,10 @@ TRAIN = {"max_steps": 20, "save_steps": 4, "logging_steps": 1, "batch_size": 8, 
 # The training job as a Prefect retry runs it, in a process of its own; one line per step.
 TRAIN_JOB = """
 import sys
-from fragua import jobs
+from fragua.jobs.train import train_model
 from fragua.settings import Settings
 settings = Settings.model_validate_json(sys.argv[1])
-jobs.train_model(settings, sys.argv[2], progress=lambda event: print("step", event["step"], flush=True))
+train_model(settings, sys.argv[2], progress=lambda event: print("step", event["step"], flush=True))
 """
 
 
@@ -51,9 +53,9 @@ def train_until_killed(settings, dataset_id: str, kill_at_step: int) -> None:
 
 def test_training_killed_at_three_points_resumes_each_time_and_ends_like_an_uninterrupted_run(tmp_path):
     settings = settings_for(tmp_path / "killed")
-    dataset = jobs.ingest_sources(settings)
-    jobs.ensure_base_model(settings)
-    run_dir = settings.runs_path / jobs.training_run_id(settings, dataset.id)
+    dataset = ingest_sources(settings)
+    ensure_base_model(settings)
+    run_dir = settings.runs_path / training_run_id(settings, dataset.id)
     checkpoints = run_dir / "checkpoints"
 
     # 1. before the first checkpoint: nothing to resume from; the re-run starts over.
@@ -69,15 +71,15 @@ def test_training_killed_at_three_points_resumes_each_time_and_ends_like_an_unin
     assert after_third is not None and after_third.name == "checkpoint-12"
     assert not (run_dir / "model").exists() and not (run_dir / "train_report.json").exists()
 
-    resumed = jobs.train_model(settings, dataset.id)  # the same run id: a Prefect retry does exactly this
+    resumed = train_model(settings, dataset.id)  # the same run id: a Prefect retry does exactly this
     assert resumed.resumed_from is not None and resumed.resumed_from.endswith("checkpoint-12")
     assert resumed.global_step == resumed.max_steps == 20
     logged = [entry["step"] for entry in resumed.log_history if "loss" in entry]
     assert logged == list(range(1, 21))  # the history continues; no step is counted twice or skipped
 
     fresh_settings = settings_for(tmp_path / "fresh")
-    jobs.ingest_sources(fresh_settings)
-    uninterrupted = jobs.train_model(fresh_settings, dataset.id)
+    ingest_sources(fresh_settings)
+    uninterrupted = train_model(fresh_settings, dataset.id)
     assert uninterrupted.resumed_from is None and uninterrupted.global_step == 20
     assert resumed.train_loss == pytest.approx(uninterrupted.train_loss, rel=1e-3)
     assert resumed.eval_loss == pytest.approx(uninterrupted.eval_loss, rel=1e-3)
@@ -88,5 +90,5 @@ def test_training_killed_at_three_points_resumes_each_time_and_ends_like_an_unin
         assert torch.allclose(tensor, fresh_weights[name], rtol=1e-3, atol=1e-5), name
 
     # Asking again for a finished run returns it instead of training again.
-    again = jobs.train_model(settings, dataset.id)
+    again = train_model(settings, dataset.id)
     assert again.finished_at == resumed.finished_at

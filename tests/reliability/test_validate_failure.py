@@ -11,8 +11,8 @@ import shutil
 
 import pytest
 
-from fragua import jobs
-from fragua.registry import PRODUCTION
+from fragua.registry import open_registry
+from fragua.registry.versions import PRODUCTION
 from fragua.settings import Settings
 
 from ..conftest import QUICK
@@ -24,14 +24,14 @@ QUICK_FLAGS = ["--set", "tracking.mode=disabled", "--set", "train.max_steps=2", 
 
 
 def test_a_failing_validate_step_stops_the_pipeline_and_production_stays(prefect_api, validated_work, fragua_cli, tmp_path):
-    from flows.deploy import deploy_flow
+    from fragua.flows.deploy import deploy_flow
 
     template, run_id = validated_work
     work = tmp_path / "work"
     shutil.copytree(template, work)
     settings = Settings(work_dir=work, **QUICK)
     assert deploy_flow(settings, run_id).production == "fragua-tiny-v1"
-    registry = jobs.open_registry(settings)
+    registry = open_registry(settings)
     before = (registry.alias(PRODUCTION), registry.history(), registry.store.list_keys(""))
 
     stored = work / "registry" / "models" / "fragua" / "versions" / "fragua-tiny-v1" / "adapter_model.safetensors"

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from fragua.data.store import DatasetManifest
+from fragua.reports.expansion import domain_rows, expansion_summary
+from fragua.settings import Settings
+from fragua.tasks.data import expand_task, ingest_task
+
+from . import notify_failure
+
+
+@flow(name="expand", on_failure=[notify_failure])
+def expand_flow(settings: Settings | None = None, dataset_id: str | None = None) -> DatasetManifest:
+    """Augment the train split of a dataset version toward expand.expansion_factor."""
+    settings = settings or Settings.load()
+    if dataset_id is None:
+        dataset_id = ingest_task(settings).id
+    manifest = expand_task(settings, dataset_id)
+    create_markdown_artifact(expansion_summary(manifest), key="dataset-expanded", description=f"Expanded dataset {manifest.id}")
+    if report := manifest.report.get("expansion"):
+        create_table_artifact(domain_rows(report), key="dataset-expansion", description=f"Train rows per domain before/after, added per strategy, {manifest.id}")
+    return manifest

@@ -1,0 +1,111 @@
+"""Model registry commands: `deploy`, `rollback`, `versions`, `history`, `export`, and the `registry` group (gc)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fragua.cli.common import console, load_settings, run_flow, run_step
+from fragua.cli.render import history_table, kv_table, versions_table
+
+
+def deploy(
+    ctx: typer.Context,
+    run: Optional[str] = typer.Option(None, help="Validated training run to publish (default: the newest)."),
+    version: Optional[str] = typer.Option(None, help="Promote this already published version instead."),
+) -> None:
+    """Publish a validated run as a version and move production to it (registry.auto_deploy)."""
+    from fragua.flows.deploy import deploy_flow
+
+    settings = load_settings(ctx)
+    outcome = run_flow(lambda: deploy_flow(settings, run, version))
+    console.print(
+        kv_table("Deploy", [("version", outcome.version or "-"), ("published", outcome.published), ("promoted", outcome.promoted),
+                            ("production", outcome.production or "-"), ("report", outcome.report_path or "-")])
+    )
+
+
+def rollback(ctx: typer.Context, to: Optional[str] = typer.Option(None, "--to", help="Version to roll back to (default: previous).")) -> None:
+    """Point production back to the previous version (or --to VERSION). Only the alias moves."""
+    from fragua.flows.deploy import rollback_flow
+
+    settings = load_settings(ctx)
+    state = run_flow(lambda: rollback_flow(settings, to))
+    console.print(f"production: {state.previous} -> [bold]{state.version}[/bold]", highlight=False)
+
+
+def versions(ctx: typer.Context) -> None:
+    """List published versions, their metrics, aliases and report paths."""
+    from fragua.jobs.registry import version_file
+    from fragua.registry import open_registry
+
+    settings = load_settings(ctx)
+    registry = open_registry(settings)
+    manifests = run_step(registry.versions)
+    aliases = run_step(registry.aliases)
+    console.print(versions_table(f"Versions in {registry.describe()}", manifests, aliases))
+    for manifest in manifests:
+        console.print(f"report of {manifest.version}: {version_file(settings, manifest.version, 'report.md')}", highlight=False, soft_wrap=True)
+    production = aliases.get("production")
+    console.print(f"production -> {production.version if production else 'none'}", highlight=False)
+
+
+def history(ctx: typer.Context) -> None:
+    """Every alias move (deploys and rollbacks), oldest first."""
+    from fragua.registry import open_registry
+
+    settings = load_settings(ctx)
+    console.print(history_table(run_step(open_registry(settings).history)))
+
+
+def export(
+    ctx: typer.Context,
+    version: str = typer.Argument(..., help="Version to export, e.g. fragua-tiny-v2."),
+    output: Path = typer.Option(Path("exports"), "--output", "-o", help="Folder to write into."),
+    merged: bool = typer.Option(False, "--merged", help="Merge the adapter into its base model (peft merge_and_unload) and save safetensors."),
+    gguf: bool = typer.Option(False, "--gguf", help="Also write a GGUF file for Ollama/llama.cpp (implies --merged; needs llama.cpp's converter)."),
+    gguf_type: str = typer.Option("f16", "--gguf-type", help="GGUF tensor type: f32, f16, bf16, q8_0 or auto."),
+    converter: Optional[Path] = typer.Option(None, "--converter", help="Path of llama.cpp's convert_hf_to_gguf.py.", envvar="GGUF_CONVERTER"),
+) -> None:
+    """Write a verified copy of a version: as stored, merged into its base (safetensors), or GGUF."""
+    from fragua.jobs.registry import export_version
+
+    settings = load_settings(ctx)
+    outcome = run_step(lambda: export_version(settings, version, output, merged=merged or gguf, gguf=gguf, converter=converter, gguf_type=gguf_type))
+    rows = [("model", outcome.folder), ("merged", outcome.merged), ("gguf", outcome.gguf or "-")]
+    rows.append(("load with", f"AutoModelForCausalLM.from_pretrained({outcome.folder!r})" if outcome.merged else f"see {outcome.folder}/README.md"))
+    console.print(kv_table(f"Export of {version}", rows))
+
+
+registry_app = typer.Typer(help="Maintenance of the model registry.", no_args_is_help=True)
+
+
+@registry_app.command("gc")
+def registry_gc(
+    ctx: typer.Context,
+    keep_last: Optional[int] = typer.Option(None, "--keep-last", min=1, help="Also delete all but the newest N versions (default: registry.keep_last); aliased versions are always kept."),
+    grace_minutes: Optional[float] = typer.Option(None, "--grace-minutes", min=0, help="Unfinished versions younger than this are left alone (default: registry.gc_grace_minutes)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be deleted."),
+) -> None:
+    """Delete unfinished versions (no manifest) and, with retention, old unaliased versions."""
+    from fragua.jobs.registry import clean_registry
+    from fragua.registry import open_registry
+
+    settings = load_settings(ctx)
+    report = run_step(lambda: clean_registry(settings, keep_last=keep_last, grace_minutes=grace_minutes, dry_run=dry_run))
+    verb = "would delete" if dry_run else "deleted"
+    console.print(
+        kv_table(
+            f"Registry gc of {open_registry(settings).describe()}" + (" (dry run)" if dry_run else ""),
+            [
+                (f"unfinished, {verb}", ", ".join(report.unfinished) or "-"),
+                (f"expired, {verb}", ", ".join(report.expired) or "-"),
+                ("kept: an alias points to them", ", ".join(report.kept_for_alias) or "-"),
+                ("unfinished but recent (maybe uploading)", ", ".join(report.too_recent) or "-"),
+                ("objects deleted", report.deleted_objects),
+                ("stale multipart uploads aborted", report.aborted_uploads),
+            ],
+        )
+    )

@@ -1,0 +1,1 @@
+"""Inference: choosing a model, batched generation and the chat REPL."""

@@ -1,0 +1,1 @@
+"""The intake queue, importing files into it, the autotrain decision and the HTTP intake API."""

@@ -1,0 +1,1 @@
+"""What Fragua talks to besides storage: W&B tracking, notifications, Prefect blocks and the Prefect API."""

@@ -1,0 +1,1 @@
+"""Human-readable reports (Prefect artifacts, model cards, the CLI): datasets, expansion, training, validation."""

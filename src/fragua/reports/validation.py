@@ -1,0 +1,126 @@
+"""The validation report: candidate against production and base, the gates' decision, sample answers."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fragua.reports.markdown import finite, table
+from fragua.validate.gates import Decision
+from fragua.validate.scoring import SCORE_METRICS, Evaluation, ItemResult
+
+ALL_COLUMNS = ("n", "loss", "perplexity", *SCORE_METRICS)
+PLOT_TITLES = {"loss_curve": "Training and validation loss", "metrics_by_domain": "Metrics per domain"}
+
+
+def measured_columns(evaluations: list[Evaluation | None]) -> list[str]:
+    """n, loss, perplexity and every score any of the evaluations has."""
+    present = {m for e in evaluations if e for m in e.overall.measured()}
+    return ["n", "loss", "perplexity", *[m for m in SCORE_METRICS if m in present]]
+
+
+def comparison_rows(evaluations: dict[str, Evaluation | None]) -> list[dict[str, Any]]:
+    """One row per model and domain (overall first), every metric: the table artifact's rows."""
+    rows = []
+    for label, evaluation in evaluations.items():
+        if evaluation is None:
+            continue
+        for domain, metrics in [("overall", evaluation.overall), *evaluation.per_domain.items()]:
+            rows.append({"model": label, "domain": domain, **{c: finite(getattr(metrics, c)) for c in ALL_COLUMNS}})
+    return rows
+
+
+def _delta(ours: float | None, theirs: float | None) -> str:
+    if ours is None or theirs is None or not (math.isfinite(ours) and math.isfinite(theirs)):
+        return "-"
+    return f"{ours - theirs:+.4f}"
+
+
+def overall_comparison(candidate: Evaluation, production: Evaluation | None, production_label: str, base: Evaluation | None) -> str:
+    """Candidate vs production vs base, one row per metric, with differences."""
+    columns = ["metric", "better", "candidate"]
+    if production:
+        columns += [production_label, "Δ vs production"]
+    if base:
+        columns += ["base", "Δ vs base"]
+    rows = []
+    for metric in measured_columns([candidate, production, base])[1:]:
+        ours = candidate.overall.value(metric)
+        row = {"metric": metric, "better": "lower" if metric in ("loss", "perplexity") else "higher", "candidate": ours}
+        if production:
+            row[production_label] = production.overall.value(metric)
+            row["Δ vs production"] = _delta(ours, row[production_label])
+        if base:
+            row["base"] = base.overall.value(metric)
+            row["Δ vs base"] = _delta(ours, row["base"])
+        rows.append(row)
+    return table(rows, columns)
+
+
+def _sample_scores(sample: ItemResult) -> str:
+    if sample.chosen is not None:
+        verdict = "" if sample.mc_correct is None else (" (right)" if sample.mc_correct else " (wrong)")
+        return f"chose {sample.chosen}{verdict}, per char {sample.chosen_norm}"
+    parts = [f"{label} {value:.2f}" for label, value in (("F1", sample.token_f1), ("ROUGE-L", sample.rouge_l), ("EM", sample.exact_match), ("num", sample.numeric_match)) if value is not None]
+    return ", ".join(parts) or "-"
+
+
+def validation_report(
+    *,
+    run_id: str,
+    dataset_id: str,
+    candidate: Evaluation,
+    base: Evaluation | None,
+    production: Evaluation | None,
+    production_version: str | None,
+    decision: Decision,
+    plots: dict[str, str] | None = None,
+    embed_plots: bool = True,
+) -> str:
+    """The validation report. ``plots`` maps a plot name to its file: embedded as images (a
+    path relative to the report) or, for viewers that cannot reach the file, listed by path."""
+    verdict = "PASSED" if decision.passed else "FAILED"
+    overall = candidate.overall
+    production_label = f"production {production_version}" if production_version else "production"
+    primary = "not measured" if decision.candidate is None else f"**{decision.candidate:.4f}**"
+    lines = [
+        f"# Validation of run `{run_id}`: {verdict}",
+        "",
+        "## Summary",
+        "",
+        f"- dataset version: `{dataset_id}`, {overall.n} validation examples "
+        f"({overall.n_generated} free-form, {overall.n_choice} multiple-choice, {overall.n_numeric} with a numeric answer)",
+        f"- primary metric: `{decision.primary_metric}` = {primary}",
+        f"- compared with `{production_version}` (production) and the base model on the same examples"
+        if production_version else "- no production version yet: compared with the base model only",
+        f"- verdict: {'promotable' if decision.passed else 'not promotable: ' + ', '.join(decision.failed_metrics)}",
+        "",
+        "## Decision",
+        "",
+        *[f"- {reason}" for reason in decision.reasons],
+        "",
+        "## Candidate vs production vs base",
+        "",
+        overall_comparison(candidate, production, production_label, base),
+        "## Per domain",
+        "",
+        table(
+            comparison_rows({"candidate": candidate, production_label: production, "base": base}),
+            ["model", "domain", *measured_columns([candidate, production, base])],
+        ),
+    ]
+    if plots:
+        lines += ["## Plots", ""]
+        for name, location in plots.items():
+            title = PLOT_TITLES.get(name, name)
+            lines.append(f"![{title}]({location})" if embed_plots else f"- {title}: `{location}`")
+        lines.append("")
+    lines += [
+        "## Sample answers",
+        "",
+        table(
+            [{**s.model_dump(), "scores": _sample_scores(s)} for s in candidate.samples],
+            ["domain", "question", "reference", "prediction", "scores"],
+        ),
+    ]
+    return "\n".join(lines)

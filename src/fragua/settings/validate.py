@@ -1,0 +1,83 @@
+"""Section ``validate`` (metrics and promotion gates) and section ``chat`` (generation of `fragua chat`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from fragua.settings.base import Section
+
+# Scores in [0, 1], higher is better: what min_score, min_metrics and the regression check read.
+ScoreMetric = Literal["token_f1", "exact_match", "rouge_l", "bleu", "numeric_accuracy", "mc_accuracy", "mc_accuracy_norm"]
+# What "beat the base model" can be judged on: validation loss (lower is better) or a score.
+BaseComparisonMetric = Literal["loss", ScoreMetric]
+
+
+class ValidateSettings(Section):
+    primary_metric: ScoreMetric = Field(
+        "token_f1",
+        description=(
+            "Score in [0, 1] that min_score and the regression check apply to. Free-form answers (greedy generation): "
+            "token_f1, exact_match (SQuAD normalisation), rouge_l, bleu (sacrebleu corpus BLEU / 100), numeric_accuracy "
+            "(answers that are numbers). Multiple-choice records (log-likelihood of each option): mc_accuracy (summed), "
+            "mc_accuracy_norm (per character of the option, like lm-eval-harness acc_norm)."
+        ),
+    )
+    min_score: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="The candidate's primary metric must reach this. The default is the tiny demo model's bar; the production profile uses the seeds' 0.8.",
+    )
+    min_metrics: dict[ScoreMetric, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=dict,
+        description=(
+            "Further minimums, metric -> score in [0, 1] (e.g. {rouge_l = 0.3, mc_accuracy = 0.5}); each must be reached "
+            "and must not regress beyond regression_tolerance vs production, like the primary metric."
+        ),
+    )
+    max_perplexity: float | None = Field(None, gt=1.0, description="Optional ceiling on validation perplexity.")
+    require_beat_base: bool = Field(True, description="The candidate must be better than the untrained base model on every metric in beat_base_metrics.")
+    beat_base_metrics: list[BaseComparisonMetric] = Field(
+        default_factory=lambda: ["loss"],
+        description=(
+            "What 'better than the base model' means: 'loss' (lower validation loss; works even when the base cannot "
+            "answer yet) and/or scores that must be strictly higher."
+        ),
+    )
+    regression_tolerance: float = Field(
+        0.05, ge=0.0, le=1.0, description="Largest drop of the primary metric (and of each min_metrics metric) vs the production version on the same validation set."
+    )
+    numeric_percent_as_fraction: bool = Field(
+        True, description="For numeric_accuracy: '50%' means 0.5, so it equals '0.5' and '1/2'; off, '50%' means 50."
+    )
+    numeric_tolerance: float = Field(
+        1e-6, ge=0.0, le=1.0, description="For numeric_accuracy: relative tolerance within which two numbers are equal (0 = exact)."
+    )
+    bleu_tokenize: Literal["13a", "intl", "char", "none"] = Field(
+        "13a", description="sacrebleu tokenizer for BLEU: 13a (the WMT standard), intl (splits Unicode punctuation such as '¿'), char, none."
+    )
+    max_new_tokens: int = Field(48, ge=1, le=4096, description="Generation budget per validation answer.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Sequences per evaluation batch (forward passes and generation).")
+    max_examples: int | None = Field(None, ge=1, description="Evaluate at most this many validation examples (a deterministic prefix).")
+    report_samples: int = Field(12, ge=0, le=1000, description="Answers shown in the validation report and kept in eval.json.")
+
+    @model_validator(mode="after")
+    def _beat_base(self) -> ValidateSettings:
+        if self.require_beat_base and not self.beat_base_metrics:
+            raise ValueError("validate.beat_base_metrics is empty while validate.require_beat_base is true: name at least one metric (e.g. 'loss')")
+        return self
+
+
+class ChatSettings(Section):
+    """How `fragua chat` generates (sampling on by default: a chat should not repeat itself verbatim)."""
+
+    do_sample: bool = Field(True, description="Sample the next token; off, decode greedily (temperature, top_k and top_p are then unused).")
+    temperature: float = Field(0.7, gt=0.0, le=5.0, description="Sampling temperature: lower is more focused, higher more varied.")
+    top_k: int = Field(50, ge=0, le=100_000, description="Sample only among the k most likely tokens; 0 disables the cut.")
+    top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus sampling: smallest token set whose probability reaches top_p; 1.0 disables it.")
+    max_new_tokens: int = Field(128, ge=1, le=32_768, description="Longest reply, in tokens.")
+    repetition_penalty: float = Field(1.1, gt=0.0, le=10.0, description="Above 1.0 discourages repeating tokens already in the conversation; 1.0 disables it.")
+    system_prompt: str | None = Field(None, description="System message that starts every conversation; None sends none.")
+    seed: int | None = Field(None, ge=0, description="Seed for sampling, for reproducible replies; None draws a fresh one.")

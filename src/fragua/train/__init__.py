@@ -1,0 +1,1 @@
+"""Fine-tuning: the trainer lifecycle, batching, distributed launches, checkpoints, hyperparameter search, incremental runs."""

@@ -1,0 +1,1 @@
+"""Validation: metrics, scoring, promotion gates, plots and batch evaluation."""
