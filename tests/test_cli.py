@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -47,6 +48,34 @@ def test_a_failing_flow_prints_one_clear_error_and_no_traceback(prefect_api, tmp
     assert code == 1, output
     assert "error: nothing to roll back: no production version" in output
     assert "Traceback" not in output
+
+
+def test_the_command_exits_with_its_code_after_its_run_logs_reached_the_api(prefect_api, tmp_path):
+    """The console script ends with os._exit (no interpreter finalization): the exit code is still
+    the command's (1 for a refused file, 2 for a bad setting, 0 for success), and what the run
+    logged, up to its final state, is on the Prefect API and the terminal."""
+    import re
+
+    from prefect.client.schemas.filters import FlowRunFilter, LogFilter, LogFilterFlowRunId
+
+    source = tmp_path / "empty.jsonl"
+    source.write_text("")
+    code, output = fragua_process("--work-dir", str(tmp_path / "work"), "ingest", "--source", str(source),
+                                  env=os.environ | {"PREFECT_LOGGING_LEVEL": "INFO"})
+    assert code == 1 and f"error: {source}: the file has no rows" in output, output
+    (flow_run_name,) = set(re.findall(r"Flow run '([\w-]+)'", output))
+
+    async def logged_messages() -> list[str]:
+        from prefect import get_client
+
+        async with get_client() as client:
+            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(name={"any_": [flow_run_name]}))
+            logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id for run in runs])))
+        return [log.message for log in logs]
+
+    assert any(message.startswith("Finished in state Failed") and str(source) in message for message in asyncio.run(logged_messages()))
+    assert fragua_process("--set", "train.learning_rate=-1", "ingest", env=dict(os.environ))[0] == 2
+    assert fragua_process("version", env=dict(os.environ))[0] == 0
 
 
 def test_without_a_prefect_server_the_temporary_one_gets_time_to_start_and_a_failed_start_is_one_clear_error(tmp_path):

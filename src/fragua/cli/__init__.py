@@ -7,7 +7,10 @@ lives in its own module (``data``, ``train``, ``validate``, ``registry``, ``pipe
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -63,3 +66,29 @@ for name, command in COMMANDS:
 app.add_typer(data.datasets_app, name="datasets")
 app.add_typer(registry.registry_app, name="registry")
 app.add_typer(blocks.blocks_app, name="blocks")
+
+
+def entrypoint() -> None:
+    """The ``fragua`` console script and ``python -m fragua.cli``.
+
+    Once the command has finished, the clean-up Python would run at exit runs here (waiting for
+    non-daemon threads, then the atexit hooks that drain Prefect's log and event workers and
+    close log handlers) and the process ends with ``os._exit``. Interpreter finalization is
+    skipped: with Prefect's daemon threads still alive it can tear native libraries' thread
+    pools (Arrow's) down under them, and a command that had already printed its result ended
+    with SIGABRT ("terminate called without an active exception") now and then on a loaded machine.
+    """
+    try:
+        app(prog_name="fragua")
+        code: object = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    # what sys.exit(code) would have made of the code: None is success, text is printed and fails
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+    status = 0 if code is None else code if isinstance(code, int) else 1
+    threading._shutdown()  # type: ignore[attr-defined]  # the interpreter's own first step at exit
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
