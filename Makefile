@@ -33,10 +33,11 @@ demo: install
 	$(FRAGUA) --work-dir $(DEMO_DIR) rollback
 	$(FRAGUA) --work-dir $(DEMO_DIR) versions
 
-# Two workers (pytest-xdist): the suite spends much of its time in subprocesses and servers,
-# so two cores run it in about half the time; tests/conftest.py starts one Prefect server for all.
+# Three pytest-xdist workers on two cores: much of the suite waits on subprocesses and servers.
+# Tests are handed out one at a time (--maxschedchunk 1) in the order tests/conftest.py gives
+# them, long ones first, so the workers end together; one Prefect server serves them all.
 test: install
-	$(BIN)/python -m pytest -n 2 --dist worksteal
+	$(BIN)/python -m pytest -n 3 --dist load --maxschedchunk 1
 
 # Register the block types, create the process work pool (once) and every deployment in
 # deployments/prefect.yaml on the Prefect server named by PREFECT_API_URL.

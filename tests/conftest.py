@@ -47,6 +47,20 @@ def tiny_tokenizer(tiny_base):
     return load_tokenizer(str(tiny_base))
 
 
+def _expected_seconds(item: pytest.Item) -> float:
+    slow = item.get_closest_marker("slow")
+    if slow is not None:
+        return slow.kwargs.get("seconds", 30)
+    return 10 if item.get_closest_marker("e2e") else 0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest tests first (``slow``, by the seconds they took on a busy 2-core machine, then
+    ``e2e``): the xdist workers take tests one at a time in this order, so the run ends on
+    short tests instead of one worker finishing a long one alone."""
+    items.sort(key=lambda item: -_expected_seconds(item))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """One real Prefect server for the whole run, launched before anything imports prefect;
     every process of the run (xdist workers, the subprocesses tests start) inherits its

@@ -25,7 +25,10 @@ import httpx
 STARTUP_TIMEOUT = 300.0
 
 
-IDLE_SERVICES = ("SCHEDULER", "LATE_RUNS", "FOREMAN", "CANCELLATION_CLEANUP", "PAUSE_EXPIRATIONS", "REPOSSESSOR", "CLEANUP_RECONCILER", "TRIGGERS")
+# What no test relies on: loop services that poll the database every few seconds, and the
+# event persister (every state change is an event; no test reads events back).
+IDLE_SERVICES = ("SCHEDULER", "LATE_RUNS", "FOREMAN", "CANCELLATION_CLEANUP", "PAUSE_EXPIRATIONS", "REPOSSESSOR", "CLEANUP_RECONCILER", "TRIGGERS",
+                 "EVENT_PERSISTER")
 
 # Below Linux's ephemeral range (32768-60999): the port is chosen seconds before the server
 # binds it, and no outgoing connection of another process can take it in between.
@@ -83,8 +86,7 @@ class PrefectServer:
         self.home.mkdir(parents=True, exist_ok=True)
         env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
         env.update(PREFECT_HOME=str(self.home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING")
-        # The loop services no test relies on poll the database every few seconds; only what
-        # records runs, states and events (task_run_recorder, event_persister) keeps running.
+        # Only what records runs and states (task_run_recorder) keeps running.
         env.update({f"PREFECT_SERVER_SERVICES_{service}_ENABLED": "false" for service in IDLE_SERVICES})
         prefect = Path(sys.executable).with_name("prefect")
         command = [str(prefect)] if prefect.is_file() else [sys.executable, "-m", "prefect"]

@@ -57,6 +57,7 @@ def test_precision_auto_leaves_mixed_precision_to_the_trainer():
     assert accelerate_config(TrainSettings(accelerate={"strategy": "ddp"}), gpus=True)["mixed_precision"] == "no"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_cpu_processes_through_accelerate_launch_train(tmp_path, strategy):
     train = {"max_steps": 4, "save_steps": 4, "logging_steps": 2, "learning_rate": 3e-3, "batch_size": 4, "num_processes": 2, "accelerate": {"strategy": strategy}}

@@ -26,6 +26,7 @@ def api_server(tmp_path):
     server.stop()
 
 
+@pytest.mark.slow
 def test_two_thousand_examples_from_twenty_clients_with_retries(api_server, tmp_path):
     statuses: list[int] = []
 

@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).parents[1] / "bench" / "ingest.py"
 EXPAND_BENCH = BENCH.with_name("expand.py")
 
 
+@pytest.mark.slow
 def test_ingest_benchmark_prints_rates_memory_and_the_baseline_ratio(tmp_path):
     done = subprocess.run(
         [sys.executable, str(BENCH), "--rows", "3000", "--folder", str(tmp_path / "data")],
@@ -25,6 +28,7 @@ def test_ingest_benchmark_prints_rates_memory_and_the_baseline_ratio(tmp_path):
     )
 
 
+@pytest.mark.slow(seconds=60)
 def test_expand_benchmark_compares_inline_and_dask_and_checks_the_ids(prefect_api, tmp_path):
     # Its flows report to the suite's Prefect server (PREFECT_API_URL is in the environment).
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "HOME": str(tmp_path / "home")}

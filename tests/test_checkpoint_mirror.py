@@ -96,6 +96,7 @@ def _settings(work, registry, stream: bool, **train):
 
 
 # With stream_data the pod keeps nothing at all: data read from the bucket, checkpoints written there.
+@pytest.mark.slow
 @pytest.mark.parametrize("stream", [False, True], ids=["local-data", "streamed-data"])
 def test_run_killed_on_one_machine_resumes_from_s3_on_another_and_ends_like_an_uninterrupted_run(tmp_path, s3_settings, stream):
     first = _settings(tmp_path / "machine-1", s3_settings, stream)

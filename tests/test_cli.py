@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from fragua.cli import app
@@ -78,6 +79,7 @@ def test_the_command_exits_with_its_code_after_its_run_logs_reached_the_api(pref
     assert fragua_process("version", env=dict(os.environ))[0] == 0
 
 
+@pytest.mark.slow
 def test_without_a_prefect_server_the_temporary_one_gets_time_to_start_and_a_failed_start_is_one_clear_error(tmp_path):
     # The path this test is about: no PREFECT_API_URL, so each command starts a temporary server.
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}

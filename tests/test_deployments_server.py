@@ -41,6 +41,7 @@ def prefect_server(prefect_api, tmp_path):
     return env
 
 
+@pytest.mark.slow(seconds=80)
 def test_deploy_all_run_pipeline_with_a_worker(prefect_server, tiny_base, tmp_path):
     env = prefect_server
     work = tmp_path / "work"

@@ -10,6 +10,7 @@ from fragua.jobs.train import train_model
 from .conftest import EXAMPLES, make_settings
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
     common = {"max_steps": 8, "save_steps": 4, "logging_steps": 2, "learning_rate": 3e-3}
     data = {"sources": [{"path": str(EXAMPLES / "batch1")}]}

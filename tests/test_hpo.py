@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from fragua.jobs.train import run_trial
 from fragua.settings import HpoSettings, Settings
 from fragua.train.hpo import Trial, TrialResult, best_trial, sample_trials, trial_settings
@@ -48,6 +50,7 @@ def test_a_trial_after_the_deadline_is_skipped(tmp_path):
     assert result.status == "skipped (time budget)" and result.eval_loss is None
 
 
+@pytest.mark.slow
 def test_hpo_flow_runs_trials_as_tasks_and_records_them(prefect_api, tmp_path):
     from prefect import get_client
 

@@ -59,6 +59,7 @@ def publish_as_production(settings, report, dataset_id) -> str:
     return version
 
 
+@pytest.mark.slow
 def test_a_new_version_learns_the_new_facts_and_keeps_the_old_ones(tmp_path):
     work = tmp_path / "work"
     first = make_settings(work, data={"sources": [{"path": str(OLD)}]}, train={**TRAIN, "incremental": True})

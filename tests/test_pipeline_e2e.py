@@ -17,6 +17,7 @@ from .prefect_runs import flow_runs, tagged
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.slow(seconds=80)
 def test_pipeline_twice_then_rollback(prefect_api, tmp_path):
     from fragua.flows.deploy import rollback_flow
     from fragua.flows.pipeline import pipeline_flow

@@ -102,6 +102,7 @@ def test_address_needs_a_cluster_runner():
         ScaleSettings(address="tcp://127.0.0.1:8786")
 
 
+@pytest.mark.slow
 def test_ingest_flow_on_a_two_worker_local_dask_cluster_gives_the_default_runners_id(prefect_api, mixed, dask_cluster, tmp_path):
     from fragua.flows.ingest import ingest_flow
 
@@ -138,6 +139,7 @@ def test_eval_batch_flow_scores_shards_as_tasks_like_one_process(prefect_api, ti
 SHARD_ROWS = 700  # rows per survey shard: 4 of mixed_for_expansion's train split, and 18 variant shards
 
 
+@pytest.mark.slow
 def test_expand_flow_on_a_two_worker_local_dask_cluster_gives_the_in_process_version(prefect_api, mixed_for_expansion, dask_cluster, tmp_path):
     from fragua.flows.expand import expand_flow
     from fragua.flows.ingest import ingest_flow

@@ -22,9 +22,11 @@ from fragua.data.ingest import ingest
 from fragua.jobs.data import expand_dataset, ingest_sources
 from fragua.settings import DataSettings, Settings
 
-from .test_scale import mixed_for_expansion  # noqa: F401  (module fixture: every bench format, 4,000 rows)
 
 pytest.importorskip("prefect_ray")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from ingest import generate  # noqa: E402  (bench/ingest.py: mixed formats, duplicates, bad and broken rows)
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_ON_RAY = """
@@ -54,13 +56,16 @@ def _loopback_only_namespace() -> list[str] | None:
     return ["unshare", "-rn", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"] if probe.returncode == 0 else None
 
 
-def test_ingest_and_expand_flows_on_a_local_ray_give_the_default_runners_ids(mixed_for_expansion, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_ingest_and_expand_flows_on_a_local_ray_give_the_default_runners_ids(tmp_path):
     namespace = _loopback_only_namespace()
     if namespace is None:
         pytest.skip("needs `unshare -rn` (user and network namespaces) to keep the local Ray off the network")
-    data = {"sources": [{"path": str(mixed_for_expansion)}], "max_rejected_fraction": 1.0, "batch_size": 1000}
+    mixed = tmp_path / "mixed"
+    generate(mixed, 2_000, seed=3)  # every bench format; small shards make many tasks of little data
+    data = {"sources": [{"path": str(mixed)}], "max_rejected_fraction": 1.0, "batch_size": 1000}
     settings = {"work_dir": str(tmp_path / "ray-work"), "tracking": {"mode": "disabled"}, "data": data, "expand": {"expansion_factor": 2.0},
-                "scale": {"task_runner": "ray", "workers": 2, "shard_bytes": 1 << 16, "expand_shard_rows": 500}}
+                "scale": {"task_runner": "ray", "workers": 2, "shard_bytes": 1 << 16, "expand_shard_rows": 250}}
     # Ray's socket paths must stay under 108 bytes, which pytest's tmp_path can exceed.
     ray_dir = tempfile.mkdtemp(prefix="ray-")
     env = {**os.environ, "HOME": str(tmp_path / "home"), "RAY_TMPDIR": ray_dir, "PREFECT_HOME": str(tmp_path / "prefect"),

@@ -13,6 +13,7 @@ from .conftest import EXAMPLES, make_settings
 TRAIN = {"epochs": 2, "batch_size": 8, "logging_steps": 1, "save_steps": 4}
 
 
+@pytest.mark.slow
 def test_streamed_training_reads_s3_without_a_local_copy_and_counts_like_the_whole_split(tmp_path, s3_settings):
     data = {"sources": [{"path": str(EXAMPLES / "batch1")}], "store": "registry"}
     writer = make_settings(tmp_path / "ingesting-machine", data=data, registry=s3_settings)

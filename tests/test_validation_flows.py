@@ -21,6 +21,7 @@ from .prefect_runs import latest_artifact, tagged
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.slow(seconds=50)
 def test_a_destroyed_candidate_is_rejected_naming_the_metric_and_production_stays(prefect_api, tmp_path):
     from fragua.flows.pipeline import pipeline_flow
 

@@ -22,6 +22,7 @@ from .test_validate_failure import QUICK_FLAGS
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.slow(seconds=50)
 def test_concurrent_deploys_get_distinct_complete_versions_and_exactly_one_is_promoted(prefect_api, validated_work, fragua_cli, tmp_path):
     template, run_id = validated_work
     work = tmp_path / "work"

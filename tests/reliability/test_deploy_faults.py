@@ -26,8 +26,10 @@ class RegistryWatcher(threading.Thread):
 
     def __init__(self, settings) -> None:
         super().__init__(daemon=True)
-        self.settings = settings
+        # One attempt per request: a reader that does not retry sees an outage the moment it starts.
+        self.settings = settings.model_copy(update={"registry": settings.registry.model_copy(update={"max_attempts": 1})})
         self.stopped = threading.Event()
+        self.saw_outage = threading.Event()
         self.violations: list[str] = []
         self.looks = 0
         self.unreachable = 0
@@ -59,6 +61,7 @@ class RegistryWatcher(threading.Thread):
                 self.look()
             except StoreError:
                 self.unreachable += 1  # the server is down: a reader gets an error, never a partial version
+                self.saw_outage.set()
             time.sleep(0.02)
 
 
@@ -71,9 +74,15 @@ def test_a_reader_never_sees_a_partial_version_while_uploads_fail_and_the_server
 
     uploads = s3_server.fail("PUT", "/versions/fragua-tiny-v2/", times=3, status=503)
     manifests = s3_server.fail("PUT", "/versions/fragua-tiny-v2/manifest.json", times=2, status=500)
-    s3_server.on_stop = lambda: s3_server.restart_after(1.0)
-    stop = s3_server.stop_on("PUT", "/versions/fragua-tiny-v2/", after=5)  # past the 5xx ones: a few files in, then down
     watcher = RegistryWatcher(settings)
+
+    def restart_once_a_reader_found_it_down() -> None:
+        # however busy the machine, the outage is seen; the deploy's upload retries meanwhile
+        watcher.saw_outage.wait(timeout=30)
+        s3_server.start()
+
+    s3_server.on_stop = lambda: threading.Thread(target=restart_once_a_reader_found_it_down, daemon=True).start()
+    stop = s3_server.stop_on("PUT", "/versions/fragua-tiny-v2/", after=5)  # past the 5xx ones: a few files in, then down
     watcher.start()
     try:
         outcome = deploy_flow(settings, run_id)

@@ -31,6 +31,7 @@ def body(i: int) -> dict:
     return {"question": f"Which locker holds parcel {i}?", "answer": f"Parcel {i} is in locker {i % 97}.", "idempotency_key": f"parcel-{i}"}
 
 
+@pytest.mark.slow
 def test_the_api_killed_mid_load_loses_no_acknowledged_example(tmp_path):
     """Clients post until the server is SIGKILLed; every 200/201 they got is in the database, and
     re-sending the unacknowledged ones after a restart stores each example exactly once."""

@@ -45,6 +45,7 @@ def files_holding(folder: Path, secrets: list[str]) -> list[str]:
     return found
 
 
+@pytest.mark.slow(seconds=95)
 def test_secrets_never_reach_logs_artifacts_wandb_manifests_or_files(prefect_api, s3_settings, s3_server, fragua_cli, tmp_path):
     from prefect.blocks.system import Secret
 

@@ -51,6 +51,7 @@ def train_until_killed(settings, dataset_id: str, kill_at_step: int) -> None:
             process.kill()
 
 
+@pytest.mark.slow(seconds=90)
 def test_training_killed_at_three_points_resumes_each_time_and_ends_like_an_uninterrupted_run(tmp_path):
     settings = settings_for(tmp_path / "killed")
     dataset = ingest_sources(settings)

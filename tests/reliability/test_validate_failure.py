@@ -23,6 +23,7 @@ QUICK_FLAGS = ["--set", "tracking.mode=disabled", "--set", "train.max_steps=2", 
                "--set", "validate.min_score=0.0", "--set", "validate.require_beat_base=false", "--set", "validate.max_new_tokens=8"]
 
 
+@pytest.mark.slow(seconds=50)
 def test_a_failing_validate_step_stops_the_pipeline_and_production_stays(prefect_api, validated_work, fragua_cli, tmp_path):
     from fragua.flows.deploy import deploy_flow
 

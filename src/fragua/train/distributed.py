@@ -1,4 +1,4 @@
-"""Multi-process training: one torchrun (or ``accelerate launch``) launch of ``fragua.train_worker`` per run."""
+"""Multi-process training: one torchrun (or ``accelerate launch``) launch of ``fragua.train.worker`` per run."""
 
 from __future__ import annotations
 

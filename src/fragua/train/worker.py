@@ -4,7 +4,7 @@
 trains its shard of every batch (the Trainer handles the process group: gloo on CPU, NCCL on
 GPU), and process 0 prints progress lines for the parent and writes the TrainReport.
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 -m fragua.train_worker RUN_SPEC.json
+    python -m torch.distributed.run --standalone --nproc_per_node 2 -m fragua.train.worker RUN_SPEC.json
 """
 
 from __future__ import annotations
@@ -51,5 +51,5 @@ def main(spec_path: str) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m fragua.train_worker RUN_SPEC.json")
+        sys.exit("usage: python -m fragua.train.worker RUN_SPEC.json")
     main(sys.argv[1])
