@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "fragua"
 ORCHESTRATION = ("flows", "tasks", "blocks")
 
 
@@ -81,6 +82,10 @@ def test_the_install_holds_only_fragua_and_every_module_imports_from_another_dir
     assert found["failed"] == {}
     assert not [name for name in ORCHESTRATION if (purelib / name).exists()], "generic top-level packages in site-packages"
     assert sorted(p.name for p in purelib.iterdir() if not p.name.endswith((".dist-info", ".pth")) and p.name != "__pycache__") == ["fragua"]
+    # the data files ship too: every file under src/fragua that is not Python
+    shipped = purelib / "fragua"
+    data = [p.relative_to(SRC) for p in SRC.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
+    assert data and [path for path in data if not (shipped / path).is_file()] == []
 
 
 def test_the_layer_contracts_hold(installed):
