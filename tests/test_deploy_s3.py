@@ -125,8 +125,11 @@ def test_server_down_for_good_leaves_no_visible_version_and_production_unchanged
     # Real retries, shorter waits: the test is about the outcome, not the backoff schedule.
     monkeypatch.setattr(deploy_module, "publish_task", deploy_module.publish_task.with_options(retry_delay_seconds=[0.1, 0.1, 0.1]))
     s3_server.stop_on("PUT", "/versions/fragua-tiny-v2/", after=1)
+    # One request at a time: the first file is complete when the second PUT takes the server
+    # down (in parallel, cutting the connections could cut the first one short too).
+    one_at_a_time = settings.model_copy(update={"registry": settings.registry.model_copy(update={"max_concurrency": 1})})
     with pytest.raises(StoreError):
-        deploy_flow(settings, run_id)
+        deploy_flow(one_at_a_time, run_id)
     s3_server.start()  # the server comes back: what does a user see?
     registry = open_registry(settings)
     assert [m.version for m in registry.versions()] == ["fragua-tiny-v1"]
