@@ -22,7 +22,7 @@ def load_flow(entrypoint: str):
     module_name, name = entrypoint.split(":")
     assert module_name.startswith("fragua.flows."), entrypoint
     spec = importlib.util.find_spec(module_name)
-    assert spec is not None and Path(spec.origin) == ROOT / "flows" / (module_name.removeprefix("fragua.flows.") + ".py")
+    assert spec is not None and Path(spec.origin).resolve() == ROOT / "flows" / (module_name.removeprefix("fragua.flows.") + ".py")
     return getattr(importlib.import_module(module_name), name)
 
 
