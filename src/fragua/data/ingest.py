@@ -194,6 +194,10 @@ class _Build:
 
 
 def _check_source(tally: _Tally, settings: DataSettings, *, detected: bool) -> None:
+    if not detected and tally.rows and set(tally.reasons) == {"line_too_long"}:
+        first = tally.first_rejection
+        assert first is not None
+        raise IngestError(f"{tally.source.name}: no row could be read: {first.location}: {first.reason}")
     if not detected and tally.rows:
         raise IngestError(
             f"{tally.source.name}: unknown format (no row is a JSON object; first: {tally.first_rejection.location}: "
@@ -229,7 +233,7 @@ def _run(settings: DataSettings, folder: Path, *, sample: bool) -> _Build:
                 build.tallies.append(tally)
                 pending: deque[Future[Prepared]] = deque()
                 fmt: str | None = None
-                for raw in _prefetched(reader, read_batches(source, settings.batch_size)):
+                for raw in _prefetched(reader, read_batches(source, settings.batch_size, settings.max_line_bytes)):
                     if not raw.tables:
                         build.failures(tally, raw)
                         continue
@@ -250,7 +254,7 @@ def _source_format(source: Source, settings: DataSettings) -> str | None:
     """The format of a source, from its first batch of parsed rows (None: no row parsed)."""
     if source.spec.format != "auto":
         return source.spec.format
-    batches = read_batches(source, settings.batch_size)
+    batches = read_batches(source, settings.batch_size, settings.max_line_bytes)
     try:
         for raw in batches:
             if raw.tables:

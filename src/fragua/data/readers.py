@@ -1,8 +1,11 @@
 """Per-format readers: one source -> batches of rows as Arrow tables, each row with its location.
 
-Readers stream: at most one batch of rows is in memory (JSON documents are the exception:
-they are parsed whole). Rows that cannot be parsed come back as failures with their
-location and reason, and the rest of the batch carries on.
+Readers stream: at most one batch of rows is in memory (JSON documents up to
+``data.max_line_bytes`` are the exception: they are parsed whole; larger ones are streamed
+element by element). No line, CSV field or list element longer than ``data.max_line_bytes`` is
+ever held whole, so a file without newlines costs no more memory than a good one. Rows that
+cannot be parsed come back as failures with their location and reason, and the rest of the
+batch carries on.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import pyarrow.json as pa_json
 
 from fragua.data.formats.adapt import tables_from_rows
 from fragua.data.formats.columnar import type_name
+from fragua.data.json_documents import STREAM_READ, document_rows, load_document, streamed_list
 from fragua.data.records import RowError
 from fragua.data.sources import IngestError, RawBatch, Source, file_key, remember_sha256
 from fragua.settings import HF_PREFIX
+from fragua.settings.data import DEFAULT_MAX_LINE_BYTES
 
 BOM = b"\xef\xbb\xbf"
 
@@ -138,13 +143,50 @@ def _jsonl_block(block: memoryview, first_line: int, count: int) -> Iterator[Raw
         yield _rows_batch(rows, locations, failures)
 
 
-def _jsonl(source: Source, batch_size: int) -> Iterator[RawBatch]:
-    return jsonl_range(source, batch_size)
+def _jsonl(source: Source, batch_size: int, max_line_bytes: int) -> Iterator[RawBatch]:
+    return jsonl_range(source, batch_size, max_line_bytes=max_line_bytes)
 
 
-def jsonl_range(source: Source, batch_size: int, start: int = 0, stop: int | None = None, first_line: int = 1) -> Iterator[RawBatch]:
+PREVIEW_BYTES = 200  # of an over-long line, what the quarantine keeps as its text
+
+
+def _too_long(number: int, offset: int, length: int, preview: bytes, max_line_bytes: int) -> RawBatch:
+    """An over-long line as a failure: where it starts, how long it is, its first bytes."""
+    reason = (f"line of {length} bytes at byte offset {offset} is longer than data.max_line_bytes={max_line_bytes}; "
+              "it was skipped unread: raise data.max_line_bytes to read it")
+    text = preview[:PREVIEW_BYTES].decode("utf-8", "replace")
+    return RawBatch([], None, lambda i: None, [(f"line {number}", RowError(reason, "line_too_long"), text)])
+
+
+def _jsonl_lines(block: memoryview, first_line: int, count: int, offset: int, max_line_bytes: int) -> Iterator[RawBatch]:
+    """As :func:`_jsonl_block`, with any line longer than ``max_line_bytes`` quarantined unparsed
+    (``offset``: the block's position in the file). Only a block longer than that can hold one."""
+    if len(block) <= max_line_bytes:
+        yield from _jsonl_block(block, first_line, count)
+        return
+    newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
+    starts = np.concatenate([[0], newlines + 1])
+    ends = np.concatenate([newlines, [len(block)]])
+    following = 0  # the first line not yet yielded
+    for line in np.flatnonzero(ends - starts > max_line_bytes).tolist():
+        if line > following:
+            yield from _jsonl_block(block[starts[following]: ends[line - 1]], first_line + following, line - following)
+        yield _too_long(first_line + line, offset + int(starts[line]), int(ends[line] - starts[line]),
+                        bytes(block[starts[line]: starts[line] + PREVIEW_BYTES]), max_line_bytes)
+        following = line + 1
+    if following < count:
+        yield from _jsonl_block(block[starts[following]:], first_line + following, count - following)
+
+
+def jsonl_range(
+    source: Source, batch_size: int, start: int = 0, stop: int | None = None, first_line: int = 1,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> Iterator[RawBatch]:
     """The lines of bytes ``start:stop`` of a JSONL file (both at line starts; ``first_line``
-    is the number of the line at ``start``), numbered as a read of the whole file numbers them."""
+    is the number of the line at ``start``), numbered as a read of the whole file numbers them.
+
+    Memory stays bounded whatever the file holds: a line longer than ``max_line_bytes`` is
+    never held whole; it is skipped to its newline and comes back as a ``line_too_long`` failure."""
     size = max(1 << 20, batch_size * BYTES_PER_ROW)
     whole = start == 0 and stop is None
     key = file_key(source.path)
@@ -153,111 +195,50 @@ def jsonl_range(source: Source, batch_size: int, start: int = 0, stop: int | Non
         handle.seek(start)
         left = stop - start if stop is not None else None
         pending = b""
+        offset = start  # of pending's first byte in the file
+        skipping: tuple[int, bytes] | None = None  # an over-long line being skipped: its offset and first bytes
         while True:
             chunk = handle.read(size if left is None else min(size, left))
             if left is not None:
                 left -= len(chunk)
             if whole:
                 digest.update(chunk)
+            at_end = not chunk
+            if skipping is not None:
+                newline = chunk.find(b"\n")
+                if newline < 0 and not at_end:
+                    offset += len(chunk)
+                    continue
+                length = offset + max(newline, 0) - skipping[0]  # without its newline
+                yield _too_long(first_line, skipping[0], length, skipping[1], max_line_bytes)
+                first_line += 1
+                offset += newline + 1
+                chunk = chunk[newline + 1:]
+                skipping = None
             data = pending + chunk if pending else chunk
             if not data:
+                if not at_end:
+                    continue  # the skipped line ended with its chunk
                 if whole:
                     remember_sha256(source.path, key, digest.hexdigest())
                 return
-            end = data.rfind(b"\n") + 1 if chunk else len(data)
-            if not end:  # one line longer than a block: read on
-                pending = data
-                continue
-            skip = len(BOM) if first_line == 1 and data.startswith(BOM) else 0
-            count = data.count(b"\n", skip, end) + (not data.endswith(b"\n", skip, end))
-            # Whole lines, without their final newline: a view, not a copy.
-            yield from _jsonl_block(memoryview(data)[skip: end - 1 if data.endswith(b"\n", skip, end) else end], first_line, count)
-            first_line += count
+            end = len(data) if at_end else data.rfind(b"\n") + 1
+            if end:
+                skip = len(BOM) if first_line == 1 and data.startswith(BOM) else 0
+                count = data.count(b"\n", skip, end) + (not data.endswith(b"\n", skip, end))
+                # Whole lines, without their final newline: a view, not a copy.
+                block = memoryview(data)[skip: end - 1 if data.endswith(b"\n", skip, end) else end]
+                yield from _jsonl_lines(block, first_line, count, offset + skip, max_line_bytes)
+                first_line += count
+                offset += end
             pending = data[end:]
+            if len(pending) > max_line_bytes:  # a line longer than allowed: skip the rest of it unread
+                skipping = (offset, pending[:PREVIEW_BYTES])
+                offset += len(pending)
+                pending = b""
 
 
-# JSON documents (plain lists, SQuAD and HEAD-QA nested files) -----------------------------
-
-
-def _load_document(path: Path) -> Any:
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise IngestError(f"{path}: not valid UTF-8 (byte {exc.start}); save it as UTF-8") from exc
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise IngestError(f"{path}: line {exc.lineno}, column {exc.colno}: invalid JSON ({exc.msg})") from exc
-
-
-Located = tuple[str, "dict[str, Any] | RowError"]
-
-
-def _squad_rows(document: dict[str, Any]) -> Iterator[Located]:
-    """SQuAD v1.1/v2.0 data[].paragraphs[].qas[] -> one flat HF-style row per question."""
-    for i, article in enumerate(document["data"]):
-        where = f"data[{i}]"
-        if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
-            yield where, RowError(f"{where} must be an object with a 'paragraphs' list", "invalid_value")
-            continue
-        for j, paragraph in enumerate(article["paragraphs"]):
-            where = f"data[{i}].paragraphs[{j}]"
-            if not isinstance(paragraph, dict) or not isinstance(paragraph.get("qas"), list):
-                yield where, RowError(f"{where} must be an object with 'context' and a 'qas' list", "invalid_value")
-                continue
-            for k, qa in enumerate(paragraph["qas"]):
-                where = f"data[{i}].paragraphs[{j}].qas[{k}]"
-                if not isinstance(qa, dict):
-                    yield where, RowError("expected a JSON object", "not_an_object")
-                    continue
-                row = {"title": article.get("title"), "context": paragraph.get("context"), **qa}
-                answers = qa.get("answers")
-                if isinstance(answers, list) and all(isinstance(a, dict) for a in answers):
-                    row["answers"] = {"text": [a.get("text") for a in answers], "answer_start": [a.get("answer_start") for a in answers]}
-                if isinstance(qa.get("plausible_answers"), list):
-                    row["plausible_answers"] = [a.get("text") if isinstance(a, dict) else a for a in qa["plausible_answers"]]
-                yield where, row
-
-
-def _head_qa_rows(document: dict[str, Any]) -> Iterator[Located]:
-    """HEAD-QA {"exams": {key: {name, year, category, data: [...]}}} -> one flat row per question."""
-    shared = {k: v for k, v in document.items() if k in ("language", "version")}
-    for key, exam in document["exams"].items():
-        where = f"exams.{key}"
-        if not isinstance(exam, dict) or not isinstance(exam.get("data"), list):
-            yield where, RowError(f"{where} must be an object with a 'data' list of questions", "invalid_value")
-            continue
-        about = {"name": exam.get("name", key), "year": exam.get("year"), "category": exam.get("category")}
-        for i, question in enumerate(exam["data"]):
-            location = f"{where}.data[{i}]"
-            if isinstance(question, dict):
-                yield location, {**shared, **about, **question}
-            else:
-                yield location, RowError("expected a JSON object", "not_an_object")
-
-
-def _document_rows(path: Path, document: Any) -> Iterator[Located]:
-    if isinstance(document, dict) and isinstance(document.get("exams"), dict):
-        yield from _head_qa_rows(document)
-    elif isinstance(document, dict) and isinstance(document.get("data"), list) and any(
-        isinstance(item, dict) and "paragraphs" in item for item in document["data"][:10]
-    ):
-        yield from _squad_rows(document)
-    elif isinstance(document, dict) and isinstance(document.get("data"), list):
-        for index, item in enumerate(document["data"]):
-            yield f"data[{index}]", item if isinstance(item, dict) else RowError(f"expected a JSON object, got {type(item).__name__}", "not_an_object")
-    elif isinstance(document, list):
-        for index, item in enumerate(document):
-            yield f"[{index}]", item if isinstance(item, dict) else RowError(f"expected a JSON object, got {type(item).__name__}", "not_an_object")
-    else:
-        raise IngestError(
-            f"{path}: expected a JSON list of rows, an object with a 'data' list (SQuAD: data[].paragraphs[].qas[]), "
-            "or a HEAD-QA object with 'exams'"
-        )
+# JSON documents (read by fragua.data.json_documents) and other Python rows ---------------
 
 
 def _python_batches(located: Iterator[tuple[str, Any]], batch_size: int) -> Iterator[RawBatch]:
@@ -272,8 +253,13 @@ def _python_batches(located: Iterator[tuple[str, Any]], batch_size: int) -> Iter
         yield _rows_batch(rows, locations, failures)
 
 
-def _json(source: Source, batch_size: int) -> Iterator[RawBatch]:
-    yield from _python_batches(_document_rows(source.path, _load_document(source.path)), batch_size)
+def _json(source: Source, batch_size: int, max_line_bytes: int) -> Iterator[RawBatch]:
+    """A document up to ``max_line_bytes`` is loaded whole (any layout); a larger one is streamed as a list of rows."""
+    path = source.path
+    if path.stat().st_size <= max_line_bytes:
+        yield from _python_batches(document_rows(path, load_document(path)), batch_size)
+    else:
+        yield from _python_batches(streamed_list(path, max_line_bytes), batch_size)
 
 
 # CSV ------------------------------------------------------------------------------------
@@ -290,19 +276,68 @@ def _csv_value(value: str) -> Any:
     return value
 
 
-def _csv_rows(path: Path) -> Iterator[tuple[str, Any]]:
+class _LineTooLong(Exception):
+    def __init__(self, number: int, length: int, max_line_bytes: int) -> None:
+        super().__init__(f"line of {length} characters is longer than data.max_line_bytes={max_line_bytes}; "
+                         "it was skipped unread: raise data.max_line_bytes to read it")
+        self.number = number
+
+
+class _BoundedLines:
+    """The lines of a text file for :mod:`csv`, none held longer than ``limit`` characters: a
+    longer one is skipped to its end and raises :class:`_LineTooLong`, after which reading goes on."""
+
+    def __init__(self, handle: io.TextIOWrapper, limit: int) -> None:
+        self.handle = handle
+        self.limit = limit
+        self.number = 0  # physical lines read, the skipped ones included
+
+    def __iter__(self) -> _BoundedLines:
+        return self
+
+    def __next__(self) -> str:
+        line = self.handle.readline(self.limit + 1)
+        if not line:
+            raise StopIteration
+        self.number += 1
+        if len(line) > self.limit and line[-1] not in "\r\n":
+            length = len(line)
+            while (rest := self.handle.readline(STREAM_READ)) and rest[-1] not in "\r\n":
+                length += len(rest)
+            length += len(rest.rstrip("\r\n"))
+            raise _LineTooLong(self.number, length, self.limit)
+        return line
+
+
+def _csv_rows(path: Path, max_line_bytes: int) -> Iterator[tuple[str, Any]]:
+    # csv's limit on one (possibly multi-line, quoted) field is process-wide; every CSV read sets it.
+    csv.field_size_limit(max_line_bytes)
     handle = io.TextIOWrapper(path.open("rb"), encoding="utf-8-sig", errors="strict", newline="")
-    reader = csv.DictReader(handle)
+    lines = _BoundedLines(handle, max_line_bytes)
+    reader = csv.DictReader(lines)
     try:
-        _check_delimiter(path, reader.fieldnames or [])
-        for row in reader:
-            location = f"line {reader.line_num}"
+        try:
+            _check_delimiter(path, reader.fieldnames or [])
+        except (_LineTooLong, csv.Error) as exc:
+            raise IngestError(f"{path}: line 1 (the header): {exc}") from exc
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except _LineTooLong as exc:
+                yield f"line {exc.number}", RowError(str(exc), "line_too_long")
+                continue
+            except csv.Error as exc:
+                yield f"line {lines.number}", RowError(f"invalid CSV: {exc}", "invalid_value")
+                continue
+            location = f"line {lines.number}"
             if None in row:
                 yield location, RowError(f"more fields than the {len(reader.fieldnames or [])} columns in the header", "invalid_value")
                 continue
             yield location, {k: _csv_value(v) for k, v in row.items() if v is not None}
     except UnicodeDecodeError as exc:
-        raise IngestError(f"{path}: not valid UTF-8 after line {reader.line_num} ({exc.reason}); save it as UTF-8") from exc
+        raise IngestError(f"{path}: not valid UTF-8 after line {lines.number} ({exc.reason}); save it as UTF-8") from exc
     finally:
         handle.close()
 
@@ -318,8 +353,8 @@ def _check_delimiter(path: Path, header: list[str]) -> None:
                           "save the file comma-separated (or as JSONL)")
 
 
-def _csv(source: Source, batch_size: int) -> Iterator[RawBatch]:
-    yield from _python_batches(_csv_rows(source.path), batch_size)
+def _csv(source: Source, batch_size: int, max_line_bytes: int) -> Iterator[RawBatch]:
+    yield from _python_batches(_csv_rows(source.path, max_line_bytes), batch_size)
 
 
 # Arrow containers: Parquet, save_to_disk folders, hub datasets ---------------------------
@@ -345,7 +380,7 @@ def open_parquet(source: Source) -> Any:
         raise IngestError(f"{source.path}: not a readable Parquet file ({exc})") from exc
 
 
-def _parquet(source: Source, batch_size: int) -> Iterator[RawBatch]:
+def _parquet(source: Source, batch_size: int, max_line_bytes: int) -> Iterator[RawBatch]:
     return parquet_row_groups(source, batch_size)
 
 
@@ -375,7 +410,7 @@ def _arrow_dataset(source: Source, loaded: Any, batch_size: int) -> Iterator[Raw
         yield from _table_batches(dataset.with_format("arrow").iter(batch_size=batch_size), prefix)
 
 
-def _datasets_folder(source: Source, batch_size: int) -> Iterator[RawBatch]:
+def _datasets_folder(source: Source, batch_size: int, max_line_bytes: int) -> Iterator[RawBatch]:
     import datasets
 
     try:
@@ -401,11 +436,13 @@ def load_hub_dataset(source: Source) -> Any:
         ) from exc
 
 
-def _hub(source: Source, batch_size: int) -> Iterator[RawBatch]:
+def _hub(source: Source, batch_size: int, max_line_bytes: int) -> Iterator[RawBatch]:
     yield from _arrow_dataset(source, load_hub_dataset(source), batch_size)
 
 
-_READERS: dict[str, Callable[[Source, int], Iterator[RawBatch]]] = {
+# Readers take (source, batch_size, max_line_bytes); Arrow containers ignore the last: a
+# record batch, not a line, bounds their memory.
+_READERS: dict[str, Callable[[Source, int, int], Iterator[RawBatch]]] = {
     "jsonl": _jsonl,
     "json": _json,
     "csv": _csv,
@@ -415,6 +452,7 @@ _READERS: dict[str, Callable[[Source, int], Iterator[RawBatch]]] = {
 }
 
 
-def read_batches(source: Source, batch_size: int) -> Iterator[RawBatch]:
-    """The rows of ``source`` in batches of about ``batch_size``, by the reader for its kind."""
-    return _READERS[source.kind](source, batch_size)
+def read_batches(source: Source, batch_size: int, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[RawBatch]:
+    """The rows of ``source`` in batches of about ``batch_size``, by the reader for its kind;
+    no line, field or document longer than ``max_line_bytes`` is held whole."""
+    return _READERS[source.kind](source, batch_size, max_line_bytes)

@@ -24,6 +24,7 @@ CHOICE_LETTERS = string.ascii_uppercase
 REJECTION_KINDS = (
     "invalid_utf8", "invalid_json", "not_an_object", "mixed_types", "missing_field", "wrong_type",
     "invalid_value", "empty", "too_short", "too_long", "low_quality", "near_duplicate", "unanswerable", "answer_not_in_context",
+    "line_too_long",
 )
 
 

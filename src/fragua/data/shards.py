@@ -23,6 +23,7 @@ from fragua.data.prepare import prepare
 from fragua.data.readers import jsonl_range, open_parquet, parquet_row_groups, read_batches
 from fragua.data.sources import RawBatch, Source, file_key, remember_sha256
 from fragua.settings import DataSettings
+from fragua.settings.data import DEFAULT_MAX_LINE_BYTES
 
 READ_CHUNK = 8 << 20
 
@@ -104,13 +105,13 @@ def plan_shards(source: Source, shard_bytes: int) -> list[Shard]:
     return [Shard(source, 0)]
 
 
-def shard_batches(shard: Shard, batch_size: int) -> Iterator[RawBatch]:
+def shard_batches(shard: Shard, batch_size: int, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[RawBatch]:
     source = shard.source
     if source.kind == "jsonl":
-        return jsonl_range(source, batch_size, shard.start, shard.stop, shard.first)
+        return jsonl_range(source, batch_size, shard.start, shard.stop, shard.first, max_line_bytes)
     if source.kind == "parquet" and shard.stop is not None:
         return parquet_row_groups(source, batch_size, list(range(shard.start, shard.stop)), shard.first)
-    return read_batches(source, batch_size)
+    return read_batches(source, batch_size, max_line_bytes)
 
 
 def portable(raw: RawBatch, rows: list[int]) -> PortableBatch:
@@ -121,7 +122,7 @@ def prepare_shard(work: ShardWork) -> list[Any]:
     """The shard's batches, each prepared (a :class:`~fragua.data.prepare.Prepared`) or, without parsed rows, a
     PortableBatch of its failures; raw bytes are dropped so the result travels between processes."""
     results: list[Any] = []
-    for raw in shard_batches(work.shard, work.settings.batch_size):
+    for raw in shard_batches(work.shard, work.settings.batch_size, work.settings.max_line_bytes):
         if not raw.tables or work.format is None:
             results.append(portable(raw, []))
             continue

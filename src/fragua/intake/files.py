@@ -44,7 +44,7 @@ def read_examples(path: str, data: DataSettings, *, format: str = "auto", domain
     found = FileExamples()
     options = AdapterOptions(no_answer_text=data.no_answer_text, squad_unanswerable=data.squad_unanswerable)
     for source in sources:
-        for raw in read_batches(source, data.batch_size):
+        for raw in read_batches(source, data.batch_size, data.max_line_bytes):
             found.rejected += [f"{location}: {error}" for location, error, _ in raw.failures]
             order = np.sort(np.concatenate(raw.positions)) if raw.positions is not None else None
             for index, table in enumerate(raw.tables):

@@ -10,6 +10,7 @@ from fragua.data.formats import FORMAT_NAMES
 from fragua.settings.base import Section, resource_path
 
 HF_PREFIX = "hf:"
+DEFAULT_MAX_LINE_BYTES = 64 << 20  # above the 50 MB single rows the bad-input suite judges by data.max_chars
 
 
 class SourceSpec(Section):
@@ -120,6 +121,14 @@ class DataSettings(Section):
     )
     stats_sample_size: int = Field(
         5_000, ge=10, le=1_000_000, description="Rows per domain (a deterministic hash sample) whose token lengths feed the dataset statistics plot."
+    )
+    max_line_bytes: int = Field(
+        DEFAULT_MAX_LINE_BYTES, ge=4096, le=1 << 30,
+        description=(
+            "Longest JSONL line or CSV line/field read, in bytes: a longer one is quarantined (kind line_too_long) "
+            "without being loaded; a .json file larger than this is streamed if it is a list of rows, else refused. "
+            "Ingest memory grows with it."
+        ),
     )
     max_rejected_fraction: float = Field(
         0.5, ge=0.0, le=1.0, description="Fail ingest when more than this share of a file's rows is quarantined: the file is probably in the wrong format."

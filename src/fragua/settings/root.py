@@ -60,10 +60,41 @@ def resolve_files(profile: str | None, settings_file: str | Path | None) -> tupl
     return tuple(files)
 
 
+SECTIONS_EXPECTED = "expected a mapping of sections (data:, train:, ...)"
+
+
+class _YamlSections(YamlConfigSettingsSource):
+    """A YAML settings file; one that does not parse, or whose top level is not a mapping of
+    sections (a list, a scalar), is one clear error naming the file."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        import yaml
+
+        try:
+            data = super()._read_file(file_path)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"settings file {file_path}: invalid YAML ({' '.join(str(exc).split())})") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"settings file {file_path}: {SECTIONS_EXPECTED}, got a {type(data).__name__}")
+        return data
+
+
+class _TomlSections(TomlConfigSettingsSource):
+    """A TOML settings file (its top level is always a table); one that does not parse is one error naming the file."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        import tomllib
+
+        try:
+            return super()._read_file(file_path)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"settings file {file_path}: invalid TOML ({exc})") from exc
+
+
 def _file_source(settings_cls: type[BaseSettings], path: Path) -> PydanticBaseSettingsSource:
     if path.suffix.lower() == ".toml":
-        return TomlConfigSettingsSource(settings_cls, toml_file=path)
-    return YamlConfigSettingsSource(settings_cls, yaml_file=path)
+        return _TomlSections(settings_cls, toml_file=path)
+    return _YamlSections(settings_cls, yaml_file=path)
 
 
 # The section is called "validate" as the contract says; it shadows pydantic's deprecated
