@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from fragua.jobs.data import ingest_sources
 from fragua.jobs.train import train_model, training_run_id
@@ -19,7 +20,7 @@ from fragua.models.tiny import ensure_base_model
 from fragua.storage import open_store
 from fragua.storage.store import LocalStore
 from fragua.train.checkpoint_mirror import CheckpointMirror, MirrorWatch
-from fragua.train.checkpoints import COMPLETE_MARKER, latest_complete_checkpoint
+from fragua.train.checkpoints import COMPLETE_MARKER, latest_complete_checkpoint, write_complete_marker
 
 from .conftest import EXAMPLES, make_settings
 
@@ -51,11 +52,11 @@ train_model(settings, sys.argv[2], progress=report)
 def fake_checkpoint(root, step: int, *, complete: bool = True, state: dict | None = None):
     folder = root / f"checkpoint-{step}"
     (folder / "nested").mkdir(parents=True)
-    (folder / "adapter_model.safetensors").write_bytes(os.urandom(64))
-    (folder / "nested" / "shard_0.bin").write_bytes(os.urandom(32))
+    save_file({"lora_A": torch.randn(4, 4)}, folder / "adapter_model.safetensors")
+    (folder / "nested" / "shard_0.dat").write_bytes(os.urandom(32))
     (folder / "trainer_state.json").write_text(json.dumps(state or {"global_step": step}))
     if complete:
-        (folder / COMPLETE_MARKER).write_text(json.dumps({"global_step": step}))
+        write_complete_marker(folder, step)
     return folder
 
 
@@ -72,7 +73,7 @@ def test_mirror_uploads_complete_checkpoints_keeps_the_newest_and_restores_them(
     elsewhere = tmp_path / "machine-2" / "checkpoints"
     restored = mirror.restore(elsewhere)
     assert restored == elsewhere / "checkpoint-12" and latest_complete_checkpoint(elsewhere) == restored
-    assert (restored / "nested" / "shard_0.bin").read_bytes() == (local / "checkpoint-12" / "nested" / "shard_0.bin").read_bytes()
+    assert (restored / "nested" / "shard_0.dat").read_bytes() == (local / "checkpoint-12" / "nested" / "shard_0.dat").read_bytes()
     # The best checkpoint the newest one names comes too (early stopping loads it at the end).
     assert (elsewhere / "checkpoint-8" / COMPLETE_MARKER).is_file()
     assert sorted(p.name for p in elsewhere.iterdir()) == ["checkpoint-12", "checkpoint-8"]
@@ -88,6 +89,36 @@ def test_upload_cut_before_the_marker_is_not_resumed_from(tmp_path):
     store.put_file("checkpoints/run-b/checkpoint-8/adapter_model.safetensors", half / "adapter_model.safetensors")
     assert mirror.complete_steps() == [4]
     assert mirror.restore(tmp_path / "fresh") == tmp_path / "fresh" / "checkpoint-4"
+
+
+def test_a_damaged_mirrored_checkpoint_is_set_aside_in_the_bucket_and_the_older_one_restored(tmp_path, caplog):
+    bucket = LocalStore(tmp_path / "bucket")
+    mirror = CheckpointMirror(bucket, "run-c", keep=3)
+    for step in (4, 8):
+        mirror.upload(fake_checkpoint(tmp_path / "local", step))
+    weights = bucket.path("checkpoints/run-c/checkpoint-8/adapter_model.safetensors")
+    cut = weights.read_bytes()[:-3]
+    weights.write_bytes(cut)  # a flaky copy: the bucket's object is short
+
+    with caplog.at_level(logging.INFO, logger="fragua.train"):
+        assert mirror.restore(tmp_path / "fresh") == tmp_path / "fresh" / "checkpoint-4"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "checkpoint-8 is damaged (adapter_model.safetensors is" in warnings[0]
+    # Kept in the bucket, out of the mirror's checkpoints (so neither resumed from, counted by prune, nor taken as uploaded).
+    assert mirror.complete_steps() == [4]
+    assert bucket.path("checkpoints/run-c/damaged/checkpoint-8/adapter_model.safetensors").read_bytes() == cut
+    assert sorted(p.name for p in (tmp_path / "fresh").iterdir()) == ["checkpoint-4"]  # no download left behind
+
+
+def test_a_damaged_local_checkpoint_does_not_hide_a_sound_mirrored_one_of_the_same_step(tmp_path):
+    mirror = CheckpointMirror(LocalStore(tmp_path / "bucket"), "run-d", keep=3)
+    mirror.upload(fake_checkpoint(tmp_path / "machine-1", 8))
+    local = tmp_path / "machine-2"
+    fake_checkpoint(local, 8)
+    (local / "checkpoint-8" / "trainer_state.json").write_text("{}")  # rewritten since: its size no longer matches the marker
+    assert mirror.restore(local) == local / "checkpoint-8"
+    assert (local / "damaged" / "checkpoint-8" / "trainer_state.json").read_text() == "{}"
+    assert latest_complete_checkpoint(local) == local / "checkpoint-8"
 
 
 def _settings(work, registry, stream: bool, **train):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from fragua.jobs.data import ingest_sources
 from fragua.jobs.train import train_model
+from fragua.train.checkpoints import COMPLETE_MARKER, checkpoint_problem
 
 from .conftest import EXAMPLES, make_settings
 
@@ -30,3 +33,7 @@ def test_two_processes_train_like_one(tmp_path):
     assert double.train_loss == pytest.approx(single.train_loss, rel=0.05)
     assert double.eval_loss == pytest.approx(single.eval_loss, rel=0.05)
     assert (tmp_path / "two" / "runs" / double.run_id / "model" / "adapter_model.safetensors").is_file()
+    # Both processes wrote their RNG state before process 0 hashed the checkpoint for its marker.
+    checkpoint = tmp_path / "two" / "runs" / double.run_id / "checkpoints" / "checkpoint-8"
+    recorded = json.loads((checkpoint / COMPLETE_MARKER).read_text())["files"]
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= recorded.keys() and checkpoint_problem(checkpoint) is None

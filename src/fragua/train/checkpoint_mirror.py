@@ -4,9 +4,11 @@ A run trained on a machine that goes away (a preempted pod, a spot instance) los
 local checkpoints; with the mirror a retry anywhere resumes from the newest one in the
 bucket. Complete checkpoints (the Trainer's folder plus Fragua's completeness marker) are
 uploaded while training goes on, the marker last, so a checkpoint in the bucket without
-its marker is one whose upload was cut and is never resumed from. Layout:
-``checkpoints/<run id>/checkpoint-<step>/<file>``; the newest ``train.save_total_limit``
-are kept.
+its marker is one whose upload was cut and is never resumed from. A downloaded checkpoint is
+checked against its marker's sizes and hashes like a local one; a damaged one is moved aside
+in the bucket (``checkpoints/<run id>/damaged/``, never deleted) with one warning and the next
+older one is tried. Layout: ``checkpoints/<run id>/checkpoint-<step>/<file>``; the newest
+``train.save_total_limit`` are kept.
 """
 
 from __future__ import annotations
@@ -21,12 +23,20 @@ from pathlib import Path
 from types import TracebackType
 
 from fragua.storage.store import ObjectStore
-from fragua.train.checkpoints import CHECKPOINT_PREFIX, COMPLETE_MARKER, checkpoint_step, latest_complete_checkpoint
+from fragua.train.checkpoints import (
+    CHECKPOINT_PREFIX,
+    COMPLETE_MARKER,
+    DAMAGED_DIR,
+    TRAINER_STATE,
+    checkpoint_problem,
+    checkpoint_step,
+    latest_complete_checkpoint,
+    newest_sound_checkpoint,
+)
 
 logger = logging.getLogger("fragua.train")
 
 CHECKPOINTS_PREFIX = "checkpoints"
-TRAINER_STATE = "trainer_state.json"
 
 
 class CheckpointMirror:
@@ -70,15 +80,21 @@ class CheckpointMirror:
             self.objects.delete_many(self.objects.list_keys(base))
 
     def restore(self, checkpoints_dir: Path) -> Path | None:
-        """Download the newest mirrored checkpoint if no newer one is on local disk; returns what was downloaded.
+        """Download the newest sound mirrored checkpoint if no newer sound one is on local disk; returns what was downloaded.
 
         The checkpoint with the best validation loss that the newest one names (early stopping)
         comes with it, so that the end of training can still load it."""
         steps = self.complete_steps()
-        local = latest_complete_checkpoint(checkpoints_dir)
-        if not steps or (local is not None and checkpoint_step(local) >= steps[-1]):
+        local = newest_sound_checkpoint(checkpoints_dir)
+        newest = None
+        for step in reversed(steps):
+            if local is not None and checkpoint_step(local) >= step:
+                return None
+            newest = self._download(step, checkpoints_dir)
+            if newest is not None:
+                break
+        if newest is None:
             return None
-        newest = self._download(steps[-1], checkpoints_dir)
         best = json.loads((newest / TRAINER_STATE).read_text()).get("best_model_checkpoint") if (newest / TRAINER_STATE).is_file() else None
         if best:
             name = Path(best).name
@@ -87,7 +103,8 @@ class CheckpointMirror:
         logger.info("restored %s from %s", newest.name, self.describe())
         return newest
 
-    def _download(self, step: int, checkpoints_dir: Path) -> Path:
+    def _download(self, step: int, checkpoints_dir: Path) -> Path | None:
+        """The mirrored checkpoint ``step`` in ``checkpoints_dir``; None (and it set aside in the bucket) when it is damaged."""
         target = checkpoints_dir / f"{CHECKPOINT_PREFIX}{step}"
         if (target / COMPLETE_MARKER).is_file():
             return target
@@ -98,9 +115,30 @@ class CheckpointMirror:
         self.objects.get_files([(k, staging / k[len(base):]) for k in keys])
         # The marker last, as on upload: a download cut short leaves no complete-looking folder.
         self.objects.get_file(base + COMPLETE_MARKER, staging / COMPLETE_MARKER)
+        problem = checkpoint_problem(staging)
+        if problem is not None:
+            aside = self._set_aside(step, staging)
+            logger.warning("mirrored %s%s is damaged (%s); not resuming from it: moved it to %s%s (delete it once you have looked)",
+                           self.describe(), target.name, problem, self.objects.describe(), aside)
+            shutil.rmtree(staging)
+            return None
         shutil.rmtree(target, ignore_errors=True)
         os.rename(staging, target)
         return target
+
+    def _set_aside(self, step: int, downloaded: Path) -> str:
+        """Move a damaged mirrored checkpoint to ``damaged/`` in the bucket (from its downloaded copy; the
+        marker goes first so that it never looks complete half-moved); returns the new prefix."""
+        base = f"{self.prefix}{CHECKPOINT_PREFIX}{step}/"
+        aside = f"{self.prefix}{DAMAGED_DIR}/{CHECKPOINT_PREFIX}{step}/"
+        n = 1
+        while self.objects.list_keys(aside):
+            n += 1
+            aside = f"{self.prefix}{DAMAGED_DIR}/{CHECKPOINT_PREFIX}{step}.{n}/"
+        self.objects.put_files([(aside + p.relative_to(downloaded).as_posix(), p) for p in sorted(downloaded.rglob("*")) if p.is_file()])
+        self.objects.delete(base + COMPLETE_MARKER)
+        self.objects.delete_many(self.objects.list_keys(base))
+        return aside
 
 
 class MirrorWatch:

@@ -2,8 +2,8 @@
 
 ``train`` sets up the tokenizer and the model (``train.model``: base, 4-bit, adapters new or
 continued), the data (``train.data``: encoded in memory, or streamed from storage), the
-callbacks (``train.callbacks``) and the Trainer; then trains, resuming from the newest complete
-checkpoint (``train.checkpoints``), saves the adapter (or full model), and builds the report.
+callbacks (``train.callbacks``) and the Trainer; then trains, resuming from the newest complete and
+sound checkpoint (``train.checkpoints``), saves the adapter (or full model), and builds the report.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from fragua.data.records import Record
 from fragua.settings import TrainSettings
 from fragua.train.batching import BatchingPlan
 from fragua.train.callbacks import RunCallbacks, Throughput, setup_callbacks
-from fragua.train.checkpoints import latest_complete_checkpoint
+from fragua.train.checkpoints import latest_complete_checkpoint, newest_sound_checkpoint
 from fragua.train.data import StreamedSplit, TrainingData, setup_data
 from fragua.train.model import BuiltModel, build_model, setup_tokenizer
 from fragua.train.report import TrainReport
@@ -172,8 +172,11 @@ def training_arguments(
 
 
 def train_or_resume(trainer: Any, checkpoints_dir: Path) -> Path | None:
-    """Run the Trainer to its end, from the newest complete checkpoint when there is one (which it returns)."""
-    resume = latest_complete_checkpoint(checkpoints_dir)
+    """Run the Trainer to its end, from the newest complete and sound checkpoint when there is one (which it returns)."""
+    # The main process checks the checkpoints and moves damaged ones aside; then the others see the same folders.
+    with trainer.accelerator.main_process_first():
+        main = trainer.accelerator.is_main_process
+        resume = newest_sound_checkpoint(checkpoints_dir) if main else latest_complete_checkpoint(checkpoints_dir)
     if resume:
         logger.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
