@@ -69,7 +69,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("path", "body", "loc"), CASES, ids=range(len(CASES)))
+CASE_IDS = ["surrogate-in-message", "surrogate-and-wrong-type", "surrogate-key", "nan", "minus-infinity", "1e400", "2**63",
+            "10000-digits", "surrogate-in-batch", "meta-33-deep", "meta-300-deep", "100000-deep", "latin-1"]
+
+
+@pytest.mark.parametrize(("path", "body", "loc"), CASES, ids=CASE_IDS)
 def test_unstorable_input_gets_422_naming_the_field_and_is_not_stored(client, path, body, loc):
     before = pending(client)
     response = client.post(path, content=body, headers=AUTH)
