@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 from pydantic import ValidationError
 
-from fragua.cli.common import console, load_settings, raise_user, run_step
+from fragua.cli.common import console, exit_on_sigterm, load_settings, raise_user, run_step
 from fragua.cli.render import autotrain_runs_table, kv_table
 from fragua.settings import Settings, SourceSpec, describe_validation_error
 
@@ -100,6 +100,16 @@ def status(ctx: typer.Context) -> None:
         console.print(autotrain_runs_table(runs))
 
 
+def _forced_autotrain_patiently(settings: Settings) -> Any:
+    """The forced training of `serve-api`: without PREFECT_API_URL its flow starts a temporary
+    Prefect server, which gets time to come up on a loaded machine."""
+    from fragua.flows.autotrain import forced_autotrain
+    from fragua.integrations.prefect_server import temporary_server_patience
+
+    with temporary_server_patience():
+        return forced_autotrain(settings)
+
+
 def serve_api(
     ctx: typer.Context,
     host: Optional[str] = typer.Option(None, help="Bind address (default intake.api_host, 127.0.0.1)."),
@@ -108,13 +118,13 @@ def serve_api(
     """Serve the intake HTTP API (docs at /docs); needs intake.api_token."""
     import uvicorn
 
-    from fragua.flows.autotrain import forced_autotrain
     from fragua.intake.api import create_app
     from fragua.intake.queue import IntakeError
 
     settings = load_settings(ctx)
     try:
-        app_ = create_app(settings, forced_autotrain)
+        app_ = create_app(settings, _forced_autotrain_patiently)
     except IntakeError as exc:
         raise_user(str(exc))
-    uvicorn.run(app_, host=host or settings.intake.api_host, port=settings.intake.api_port if port is None else port, log_level="info")
+    with exit_on_sigterm():
+        uvicorn.run(app_, host=host or settings.intake.api_host, port=settings.intake.api_port if port is None else port, log_level="info")

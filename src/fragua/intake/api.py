@@ -1,8 +1,11 @@
 """The intake HTTP API (FastAPI): add examples, read the queue, start a training.
 
 ``fragua serve-api`` runs it with uvicorn. Every route but ``/health`` and the docs needs
-``Authorization: Bearer <intake.api_token>``; request bodies above
-``intake.max_request_bytes`` get 413; bad bodies get 422 naming the field.
+``Authorization: Bearer <intake.api_token>``, checked before the body is read; request bodies
+above ``intake.max_request_bytes`` get 413; bad bodies get 422 naming the field (``loc``, ``msg``,
+``type``; the rejected value is not echoed back). Bodies are read strictly first
+(``fragua.intake.jsonbody``): lone surrogates, NaN/Infinity, integers beyond 64 bits and
+``meta`` nested deeper than ``intake.max_meta_depth`` are 422s, never 500s.
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ import hmac
 import threading
 from typing import Any, Callable, Literal
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fragua import __version__
+from fragua.intake.jsonbody import INT64_MAX, check_json_body, printable
 from fragua.intake.queue import KEY_MAX, IdempotencyConflict, IntakeError, IntakeQueue, RowError, messages_record, question_answer_record
 from fragua.registry import open_registry
 from fragua.settings import Settings
@@ -45,7 +51,10 @@ class ExampleIn(BaseModel):
     system: str | None = Field(None, min_length=1, max_length=HARD_TEXT_LIMIT, description="Optional system prompt before the question.")
     messages: list[MessageIn] | None = Field(None, min_length=2, max_length=200, description="Instead of question/answer: a conversation whose last message is the assistant's answer.")
     domain: str | None = Field(None, min_length=1, max_length=100, description="Domain of the example; None lets ingest route it.")
-    meta: dict[str, Any] = Field(default_factory=dict, description="Anything else to keep with the example (lands in the record's meta).")
+    meta: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Anything else to keep with the example (lands in the record's meta): standard JSON, numbers within 64 bits, nested at most intake.max_meta_depth levels.",
+    )
     idempotency_key: str | None = Field(
         None, min_length=1, max_length=KEY_MAX,
         description="Client-chosen key: posting the same key again returns the stored example instead of adding another. Default: a fresh key per request.",
@@ -170,6 +179,38 @@ class BodySizeLimit:
         await response(scope, receive, send)
 
 
+def validation_errors(errors: Any) -> list[dict[str, Any]]:
+    """FastAPI's 422 details without the rejected input: echoing it could fail to encode (a lone
+    surrogate, NaN) and would send megabytes of text back."""
+    return [
+        {"loc": [printable(p) if isinstance(p, str) else p for p in error["loc"]], "msg": printable(str(error["msg"])), "type": str(error["type"])}
+        for error in errors
+    ]
+
+
+def guarded_route(authenticate: Callable[[Request], Any], max_meta_depth: int) -> type[APIRoute]:
+    """A route class that checks the token, then the body's JSON, before FastAPI reads the body:
+    without the token a client learns nothing about its body, and what FastAPI and the queue
+    read is JSON they can store."""
+
+    class GuardedRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Any]:
+            handle = super().get_route_handler()
+            takes_body = self.body_field is not None
+
+            async def guarded(request: Request) -> Response:
+                await authenticate(request)
+                if takes_body:
+                    body = await request.body()
+                    if body and (problems := check_json_body(body, max_meta_depth=max_meta_depth)):
+                        raise RequestValidationError(problems)
+                return await handle(request)
+
+            return guarded
+
+    return GuardedRoute
+
+
 AutotrainRunner = Callable[[Settings], Any]
 
 
@@ -231,7 +272,8 @@ def create_app(settings: Settings, run_autotrain: AutotrainRunner) -> FastAPI:
     forced = ForcedRuns(run_autotrain)
     bearer = HTTPBearer(auto_error=False, description="intake.api_token")
 
-    def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    async def authenticate(request: Request) -> None:
+        credentials: HTTPAuthorizationCredentials | None = await bearer(request)
         if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), token):
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED, detail="missing or wrong bearer token (Authorization: Bearer <intake.api_token>)",
@@ -246,7 +288,12 @@ def create_app(settings: Settings, run_autotrain: AutotrainRunner) -> FastAPI:
     app.state.queue = queue
     app.state.forced_runs = forced
     app.add_middleware(BodySizeLimit, max_bytes=settings.intake.max_request_bytes)
-    guarded = [Depends(authorised)]
+    # The route class enforces the token; the dependency only puts the scheme in the OpenAPI document.
+    guarded = APIRouter(route_class=guarded_route(authenticate, settings.intake.max_meta_depth), dependencies=[Depends(bearer)])
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": validation_errors(exc.errors())}, status_code=422)
 
     @app.exception_handler(IdempotencyConflict)
     async def _conflict(_request: Request, exc: IdempotencyConflict) -> JSONResponse:
@@ -261,8 +308,8 @@ def create_app(settings: Settings, run_autotrain: AutotrainRunner) -> FastAPI:
         """Liveness and queue reachability; needs no token."""
         return {"status": "ok", "version": __version__, "queue": queue.counts()}
 
-    @app.post("/examples", response_model=ExampleOut, status_code=status.HTTP_201_CREATED, dependencies=guarded, tags=["examples"],
-              responses={200: {"description": "A retry: the key is already stored, nothing was added."}, 409: {"description": "The key is stored with different content."}})
+    @guarded.post("/examples", response_model=ExampleOut, status_code=status.HTTP_201_CREATED, tags=["examples"],
+                  responses={200: {"description": "A retry: the key is already stored, nothing was added."}, 409: {"description": "The key is stored with different content."}})
     def add_example(example: ExampleIn, response: Response,
                     idempotency_key: str | None = Header(None, max_length=KEY_MAX, description="Alternative to the body's idempotency_key.")) -> ExampleOut:
         """Add one example; retries with the same idempotency key are safe."""
@@ -273,8 +320,8 @@ def create_app(settings: Settings, run_autotrain: AutotrainRunner) -> FastAPI:
             response.status_code = status.HTTP_200_OK
         return ExampleOut(id=added.example.id, idempotency_key=added.example.idempotency_key, status=added.example.status, created=added.created)
 
-    @app.post("/examples/batch", response_model=BatchOut, status_code=status.HTTP_201_CREATED, dependencies=guarded, tags=["examples"],
-              responses={200: {"description": "A retry: every key was already stored, nothing was added."}, 409: {"description": "A key is stored with different content; nothing was added."}})
+    @guarded.post("/examples/batch", response_model=BatchOut, status_code=status.HTTP_201_CREATED, tags=["examples"],
+                  responses={200: {"description": "A retry: every key was already stored, nothing was added."}, 409: {"description": "A key is stored with different content; nothing was added."}})
     def add_batch(batch: BatchIn, response: Response) -> BatchOut:
         """Add up to intake.max_batch_examples examples in one transaction (all or none)."""
         if len(batch.examples) > settings.intake.max_batch_examples:
@@ -287,12 +334,12 @@ def create_app(settings: Settings, run_autotrain: AutotrainRunner) -> FastAPI:
             response.status_code = status.HTTP_200_OK
         return BatchOut(created=created, existing=len(added) - created, examples=out)
 
-    @app.get("/examples/pending", response_model=PendingOut, dependencies=guarded, tags=["examples"])
-    def pending(limit: int = Query(100, ge=1, le=1000), after_id: int = Query(0, ge=0)) -> PendingOut:
+    @guarded.get("/examples/pending", response_model=PendingOut, tags=["examples"])
+    def pending(limit: int = Query(100, ge=1, le=1000), after_id: int = Query(0, ge=0, le=INT64_MAX)) -> PendingOut:
         """Pending examples, oldest first, a page at a time."""
         return PendingOut(count=queue.counts()["pending"], examples=[e.as_json() for e in queue.examples("pending", limit=limit, after_id=after_id)])
 
-    @app.get("/stats", response_model=StatsOut, dependencies=guarded, tags=["service"])
+    @guarded.get("/stats", response_model=StatsOut, tags=["service"])
     def stats() -> StatsOut:
         """Production version, examples per status, the last training and the last run's state."""
         production = open_registry(settings).production()
@@ -305,8 +352,8 @@ def create_app(settings: Settings, run_autotrain: AutotrainRunner) -> FastAPI:
             last_run=last_run.__dict__ if last_run else None,
         )
 
-    @app.post("/training/force", response_model=ForceOut, status_code=status.HTTP_202_ACCEPTED, dependencies=guarded, tags=["training"],
-              responses={409: {"description": "An in-process forced training is already running."}})
+    @guarded.post("/training/force", response_model=ForceOut, status_code=status.HTTP_202_ACCEPTED, tags=["training"],
+                  responses={409: {"description": "An in-process forced training is already running."}})
     def force_training() -> ForceOut:
         """Train on whatever is pending now, however few: through the Prefect deployment when a server is configured, else in this process."""
         if prefect_server_configured():
@@ -320,4 +367,5 @@ def create_app(settings: Settings, run_autotrain: AutotrainRunner) -> FastAPI:
             raise HTTPException(status.HTTP_409_CONFLICT, detail="a forced training is already running in this server")
         return ForceOut(mode="in-process", detail="autotrain started in the API process; follow it with GET /stats")
 
+    app.include_router(guarded)
     return app

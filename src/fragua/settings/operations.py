@@ -157,6 +157,10 @@ class IntakeSettings(Section):
     )
     max_batch_examples: int = Field(1_000, ge=1, le=100_000, description="Most examples one POST /examples/batch may carry; more get 422.")
     max_example_chars: int = Field(20_000, ge=1, le=1_000_000, description="Longest question, answer or message the API and CLI accept, in characters.")
+    max_meta_depth: int = Field(
+        32, ge=1, le=200,
+        description="Deepest nesting of an example's meta the API accepts (meta itself is level 1; each object or list inside adds one); deeper gets 422.",
+    )
     force_deployment: str = Field(
         "autotrain/on-demand",
         pattern=r"^[^/\s]+/[^/\s]+$",
