@@ -6,6 +6,12 @@ when the run fails, is not promoted, or crashed and left its claim older than
 ``intake.claim_timeout_minutes``. Every example carries an idempotency key: posting the
 same key again returns the stored example instead of adding a second one, and reusing a
 key for different content is refused.
+
+Every statement works the same on SQLite and PostgreSQL (the queue's tests run on both): a
+claim is one UPDATE whose candidates PostgreSQL locks with ``FOR UPDATE SKIP LOCKED``
+(SQLite leaves the clause out and runs the statement under its single write lock), and a
+key stored concurrently surfaces as the unique constraint's IntegrityError, which rolls the
+whole transaction back before it is retried.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import orjson
-from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, event, func, select, update
+from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, event, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -58,10 +65,10 @@ class ExampleRow(Base):
     idempotency_key: Mapped[str] = mapped_column(String(KEY_MAX), unique=True)
     content_sha: Mapped[str] = mapped_column(String(64))
     record: Mapped[dict[str, Any]] = mapped_column(JSON)
-    origin: Mapped[str] = mapped_column(String(200))
+    origin: Mapped[str] = mapped_column(Text)  # "import:<file name>": as long as a file name
     status: Mapped[str] = mapped_column(String(16), index=True, default="pending")
     batch_id: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
-    version: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    version: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime())
@@ -77,7 +84,7 @@ class RunRow(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     state: Mapped[str] = mapped_column(String(16))
     examples: Mapped[int] = mapped_column(Integer, default=0)
-    version: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    version: Mapped[str | None] = mapped_column(Text, nullable=True)
     flow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
     started_at: Mapped[datetime] = mapped_column(DateTime())
@@ -210,6 +217,7 @@ def check_key(key: str | None) -> str:
 
 
 _ENGINES: dict[str, Engine] = {}
+_UPSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 _ENGINES_LOCK = threading.Lock()
 
 
@@ -231,10 +239,19 @@ def engine_for(url: str) -> Engine:
                 engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=20, max_overflow=20)
                 event.listen(engine, "connect", _sqlite_pragmas)
             else:
-                engine = create_engine(url, pool_pre_ping=True)
+                # as many connections as the API's concurrent requests use (the load test's 20 clients)
+                engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
             Base.metadata.create_all(engine)
             _ENGINES[url] = engine
     return engine
+
+
+def dispose_engine(url: str) -> None:
+    """Close this process's pooled connections to ``url`` (before its database is dropped)."""
+    with _ENGINES_LOCK:
+        engine = _ENGINES.pop(url, None)
+    if engine is not None:
+        engine.dispose()
 
 
 class IntakeQueue:
@@ -268,32 +285,52 @@ class IntakeQueue:
             try:
                 return self._add_keyed(keyed, origin)
             except IntegrityError:
-                # A concurrent request stored one of these keys between our read and insert;
-                # the next attempt sees it as a retry.
+                # Only on a database without ON CONFLICT (see _insert_absent): a concurrent request
+                # stored one of these keys between our read and insert. The next attempt, a new
+                # transaction, sees the key as stored: a retry.
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
     def _add_keyed(self, keyed: list[tuple[dict[str, Any], str, str]], origin: str) -> list[Added]:
+        first: dict[str, tuple[dict[str, Any], str]] = {}  # key -> (record, content sha) of its first item
+        for record, key, sha in keyed:
+            if first.setdefault(key, (record, sha))[1] != sha:
+                raise IdempotencyConflict(f"idempotency_key {key!r} is given twice with different content")
         with self._session() as session, session.begin():
-            keys = list(dict.fromkeys(key for _, key, _ in keyed))
-            stored = {row.idempotency_key: row for row in session.scalars(select(ExampleRow).where(ExampleRow.idempotency_key.in_(keys)))}
-            results: list[tuple[ExampleRow, bool]] = []
-            fresh: dict[str, ExampleRow] = {}
+            by_key = select(ExampleRow).where(ExampleRow.idempotency_key.in_(list(first)))
+            stored = set(session.scalars(by_key.with_only_columns(ExampleRow.idempotency_key)))
             now = _now()
-            for record, key, sha in keyed:
-                existing = stored.get(key) or fresh.get(key)
-                if existing is not None:
-                    if existing.content_sha != sha:
-                        raise IdempotencyConflict(f"idempotency_key {key!r} is already stored with different content")
-                    results.append((existing, False))
-                    continue
-                row = ExampleRow(idempotency_key=key, content_sha=sha, record=record, origin=origin, status="pending", attempts=0, created_at=now)
-                session.add(row)
-                fresh[key] = row
-                results.append((row, True))
-            session.flush()
-            return [Added(Example.of(row), created) for row, created in results]
+            # In key order: two PostgreSQL transactions storing overlapping keys wait on each
+            # other's index entries in the same order, so one waits instead of both deadlocking.
+            created = self._insert_absent(session, [
+                {"idempotency_key": key, "content_sha": sha, "record": record, "origin": origin, "status": "pending", "attempts": 0, "created_at": now}
+                for key, (record, sha) in sorted(first.items()) if key not in stored
+            ])
+            rows = {row.idempotency_key: row for row in session.scalars(by_key)}
+            for key, (_, sha) in first.items():
+                if rows[key].content_sha != sha:
+                    raise IdempotencyConflict(f"idempotency_key {key!r} is already stored with different content")
+            results = []
+            for _, key, _ in keyed:
+                results.append(Added(Example.of(rows[key]), key in created))
+                created.discard(key)  # the same key again later in this call is a retry
+            return results
+
+    def _insert_absent(self, session: Session, rows: list[dict[str, Any]]) -> set[str]:
+        """Insert the rows whose key no one has stored; the keys inserted.
+
+        PostgreSQL and SQLite skip a key a concurrent request stored meanwhile (ON CONFLICT DO
+        NOTHING; PostgreSQL first waits for that request to commit or roll back), so the
+        transaction carries on: on PostgreSQL a unique-constraint error would abort it."""
+        if not rows:
+            return set()
+        upsert = _UPSERTS.get(self.engine.dialect.name)
+        if upsert is None:
+            session.execute(insert(ExampleRow), rows)
+            return {row["idempotency_key"] for row in rows}
+        statement = upsert(ExampleRow).on_conflict_do_nothing(index_elements=[ExampleRow.idempotency_key])
+        return set(session.scalars(statement.returning(ExampleRow.idempotency_key), rows))
 
     # reading -------------------------------------------------------------------------
 
@@ -360,17 +397,21 @@ class IntakeQueue:
     def claim(self, run_id: str, *, limit: int | None = None, flow_run_id: str | None = None) -> Batch:
         """Move pending examples (oldest first) to 'training' under this run; concurrent runs never share one."""
         now = _now()
+        # One statement. PostgreSQL locks the candidates, skipping rows a concurrent claim holds;
+        # they are materialized once, since a subquery re-run inside the UPDATE would no longer
+        # see the rows it just claimed and would take the next ones past the limit. SQLite runs
+        # the statement under its single write lock. The outer status check is what a row
+        # claimed and committed by a concurrent run meanwhile fails.
+        candidates = select(ExampleRow.id).where(ExampleRow.status == "pending").order_by(ExampleRow.id).with_for_update(skip_locked=True)
+        if limit is not None:
+            candidates = candidates.limit(limit)
+        chosen = candidates.cte("candidates").prefix_with("MATERIALIZED", dialect="postgresql")
         with self._session() as session, session.begin():
-            query = select(ExampleRow.id).where(ExampleRow.status == "pending").order_by(ExampleRow.id)
-            if limit is not None:
-                query = query.limit(limit)
-            candidates = list(session.scalars(query))
-            if candidates:
-                session.execute(
-                    update(ExampleRow)
-                    .where(ExampleRow.id.in_(candidates), ExampleRow.status == "pending")
-                    .values(status="training", batch_id=run_id, claimed_at=now, attempts=ExampleRow.attempts + 1)
-                )
+            session.execute(
+                update(ExampleRow)
+                .where(ExampleRow.id.in_(select(chosen.c.id)), ExampleRow.status == "pending")
+                .values(status="training", batch_id=run_id, claimed_at=now, attempts=ExampleRow.attempts + 1)
+            )
             claimed = list(session.scalars(select(ExampleRow.id).where(ExampleRow.batch_id == run_id, ExampleRow.status == "training").order_by(ExampleRow.id)))
             session.merge(RunRow(id=run_id, state="running", examples=len(claimed), flow_run_id=flow_run_id, started_at=now))
         return Batch(run_id, claimed)
