@@ -41,8 +41,9 @@ def fresh_database(admin_url: str = ADMIN_URL) -> Iterator[str]:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
     except OperationalError as exc:
         admin.dispose()
+        reason = " ".join(str(exc.orig).split())  # one line: libpq's message spans two
         pytest.fail(
-            f"PostgreSQL at {shown} cannot create a test database ({str(exc.orig).strip()}). Start the server, point "
+            f"PostgreSQL at {shown} cannot create a test database ({reason}). Start the server, point "
             f"{VARIABLE} at one (a URL whose user may create databases), or set {VARIABLE}= to skip the PostgreSQL variants.",
             pytrace=False,
         )

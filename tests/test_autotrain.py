@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -74,6 +75,22 @@ def test_cli_add_import_status_version(queue_url, tmp_path, monkeypatch):
     assert version.exit_code == 0 and "fragua 0.1.0" in version.output
     skipped = runner.invoke(app, [*work, "train", "--queue", "--dataset", "x"])
     assert skipped.exit_code == 2 and "--queue" in skipped.output
+
+
+def test_a_queue_database_that_cannot_be_reached_or_used_is_one_clear_line(tmp_path, monkeypatch):
+    """A PostgreSQL server that is down, and a URL whose driver does not exist: exit 2, one message
+    naming the database, no traceback, the password masked."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    runner = CliRunner()
+    for url, expected in ((f"postgresql+psycopg://fragua:s3cret@127.0.0.1:{port}/queue", f"127.0.0.1:{port}/queue cannot be reached"),
+                          ("postgresql+nosuchdriver://fragua:s3cret@db.internal/queue", "postgresql.nosuchdriver")):
+        monkeypatch.setenv("FRAGUA_INTAKE__DATABASE_URL", url)
+        result = runner.invoke(app, ["--work-dir", str(tmp_path / "work"), "status"])
+        output = " ".join(result.output.split())
+        assert result.exit_code == 2 and output.startswith("error:") and expected in output, result.output
+        assert "Traceback" not in output and "s3cret" not in output
 
 
 # What autotrain's claim task does, in a loop: claim a batch as a new run, then report it trained.

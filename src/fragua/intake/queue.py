@@ -8,10 +8,9 @@ same key again returns the stored example instead of adding a second one, and re
 key for different content is refused.
 
 Every statement works the same on SQLite and PostgreSQL (the queue's tests run on both): a
-claim is one UPDATE whose candidates PostgreSQL locks with ``FOR UPDATE SKIP LOCKED``
-(SQLite leaves the clause out and runs the statement under its single write lock), and a
-key stored concurrently surfaces as the unique constraint's IntegrityError, which rolls the
-whole transaction back before it is retried.
+claim is one UPDATE over candidates PostgreSQL locks with ``FOR UPDATE SKIP LOCKED`` (SQLite
+runs it under its single write lock), and a key a concurrent request stored first is skipped
+by ``INSERT ... ON CONFLICT DO NOTHING`` instead of raising an error that aborts the transaction.
 """
 
 from __future__ import annotations
@@ -26,10 +25,10 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import orjson
-from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, event, func, insert, select, update
+from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, event, func, insert, make_url, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from fragua.data.formats.adapt import adapt_row
@@ -47,6 +46,10 @@ class IntakeError(ValueError):
 
 class IdempotencyConflict(IntakeError):
     """An idempotency key that is already stored with different content."""
+
+
+class QueueUnavailable(ConnectionError):
+    """The queue's database cannot be reached (a ConnectionError: tasks retry it); the message names it."""
 
 
 def _now() -> datetime:
@@ -234,15 +237,31 @@ def engine_for(url: str) -> Engine:
     with _ENGINES_LOCK:
         engine = _ENGINES.get(url)
         if engine is None:
-            if url.startswith("sqlite:///"):
-                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-                engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=20, max_overflow=20)
-                event.listen(engine, "connect", _sqlite_pragmas)
-            else:
-                # as many connections as the API's concurrent requests use (the load test's 20 clients)
-                engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-            Base.metadata.create_all(engine)
+            engine = _open(url)
             _ENGINES[url] = engine
+    return engine
+
+
+def _open(url: str) -> Engine:
+    """An engine on ``url`` with the queue's tables; a bad URL or an unreachable database is one clear error."""
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=20, max_overflow=20)
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            # a pool as large as the API's concurrent requests (the load test's 20 clients)
+            pool = {} if url.startswith("sqlite") else {"pool_size": 10, "max_overflow": 20}
+            engine = create_engine(url, pool_pre_ping=True, **pool)
+    except (ArgumentError, ImportError) as exc:  # a malformed URL, an unknown dialect, a driver not installed
+        raise IntakeError(f"intake.database_url {url.split('@')[-1]!r} cannot be used: {exc}") from None
+    try:
+        Base.metadata.create_all(engine)
+    except OperationalError as exc:
+        engine.dispose()
+        reason = " ".join(str(exc.orig).split())
+        raise QueueUnavailable(f"the intake queue's database {shown} cannot be reached: {reason}") from None
     return engine
 
 
@@ -397,11 +416,10 @@ class IntakeQueue:
     def claim(self, run_id: str, *, limit: int | None = None, flow_run_id: str | None = None) -> Batch:
         """Move pending examples (oldest first) to 'training' under this run; concurrent runs never share one."""
         now = _now()
-        # One statement. PostgreSQL locks the candidates, skipping rows a concurrent claim holds;
-        # they are materialized once, since a subquery re-run inside the UPDATE would no longer
-        # see the rows it just claimed and would take the next ones past the limit. SQLite runs
-        # the statement under its single write lock. The outer status check is what a row
-        # claimed and committed by a concurrent run meanwhile fails.
+        # PostgreSQL locks the candidates, skipping rows a concurrent claim holds, and materializes
+        # them once: a subquery re-run inside the UPDATE no longer sees the rows it just claimed
+        # and would take more than the limit. A row another claim committed meanwhile fails the
+        # outer status check.
         candidates = select(ExampleRow.id).where(ExampleRow.status == "pending").order_by(ExampleRow.id).with_for_update(skip_locked=True)
         if limit is not None:
             candidates = candidates.limit(limit)
@@ -485,6 +503,6 @@ def parse_meta(raw: str | None) -> dict[str, Any]:
 
 
 __all__ = [
-    "Added", "Batch", "Example", "IdempotencyConflict", "IntakeError", "IntakeQueue", "RowError", "RunInfo",
+    "Added", "Batch", "Example", "IdempotencyConflict", "IntakeError", "IntakeQueue", "QueueUnavailable", "RowError", "RunInfo",
     "content_id", "messages_record", "new_run_id", "question_answer_record", "write_jsonl",
 ]
