@@ -48,6 +48,13 @@ def test_a_batch_with_a_conflicting_key_stores_nothing(queue):
     assert [a.created for a in added] == [True, False, False]
 
 
+def test_a_batch_is_stored_and_claimed_in_its_own_order(queue):
+    added = queue.add_many([(qa(i), key) for i, key in enumerate(["zulu", "alpha", "mike", None])])
+    ids = [a.example.id for a in added]
+    assert ids == sorted(ids)
+    assert queue.claim("run-a", limit=2).example_ids == ids[:2]  # oldest first: the batch's first two
+
+
 def test_lifecycle_pending_training_trained(queue):
     for i in range(3):
         queue.add(qa(i))
@@ -79,19 +86,20 @@ def test_claims_of_a_crashed_run_expire(queue_url):
 
 
 def test_the_same_keys_stored_by_many_writers_at_once_are_stored_once(queue):
-    """Eight writers store the same 60 keys at the same moment, each in its own order, alone and
-    in batches: each key is created by exactly one of them, every other call is a retry, none fails
-    (on PostgreSQL the losing insert aborts its transaction, and overlapping batches must not deadlock)."""
-    writers, keys = 8, [f"race-{i}" for i in range(60)]
+    """Eight writers store the same 60 keys at the same moment, each in its own order: six in
+    batches of 20, two one at a time. Each key is created by exactly one of them, every other call
+    is a retry, none fails (on PostgreSQL the losing insert must not abort its transaction, and
+    batches overlapping in different orders must not deadlock)."""
+    writers, batch, keys = 8, 20, [f"race-{i}" for i in range(60)]
     start = threading.Barrier(writers)
 
     def writer(number: int) -> list[tuple[str, int, bool]]:
         order = random.Random(number).sample(keys, len(keys))
         start.wait()
         added = []
-        for offset in range(0, len(order), 15):
-            chunk = order[offset:offset + 15]
-            if number % 2:
+        for offset in range(0, len(order), batch):
+            chunk = order[offset:offset + batch]
+            if number > 1:
                 added += zip(chunk, queue.add_many([(qa(int(k.split("-")[1])), k) for k in chunk]))
             else:
                 added += [(k, queue.add(qa(int(k.split("-")[1])), key=k)) for k in chunk]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import orjson
-from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, event, func, insert, make_url, select, update
+from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, event, func, insert, make_url, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
@@ -208,6 +208,11 @@ def content_id(record: dict[str, Any]) -> str:
     return record_id(content_key(draft))
 
 
+def _key_lock(key: str) -> int:
+    """The PostgreSQL advisory-lock number of an idempotency key (a signed 64-bit hash)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+
+
 def check_key(key: str | None) -> str:
     if key is None:
         return f"auto:{uuid.uuid4().hex}"
@@ -320,11 +325,10 @@ class IntakeQueue:
             by_key = select(ExampleRow).where(ExampleRow.idempotency_key.in_(list(first)))
             stored = set(session.scalars(by_key.with_only_columns(ExampleRow.idempotency_key)))
             now = _now()
-            # In key order: two PostgreSQL transactions storing overlapping keys wait on each
-            # other's index entries in the same order, so one waits instead of both deadlocking.
+            # In the given order, so ids (the order claims and pages follow) keep the batch's order.
             created = self._insert_absent(session, [
                 {"idempotency_key": key, "content_sha": sha, "record": record, "origin": origin, "status": "pending", "attempts": 0, "created_at": now}
-                for key, (record, sha) in sorted(first.items()) if key not in stored
+                for key, (record, sha) in first.items() if key not in stored
             ])
             rows = {row.idempotency_key: row for row in session.scalars(by_key)}
             for key, (_, sha) in first.items():
@@ -337,13 +341,15 @@ class IntakeQueue:
             return results
 
     def _insert_absent(self, session: Session, rows: list[dict[str, Any]]) -> set[str]:
-        """Insert the rows whose key no one has stored; the keys inserted.
-
-        PostgreSQL and SQLite skip a key a concurrent request stored meanwhile (ON CONFLICT DO
-        NOTHING; PostgreSQL first waits for that request to commit or roll back), so the
-        transaction carries on: on PostgreSQL a unique-constraint error would abort it."""
+        """Insert the rows whose key no one has stored; the keys inserted. A key a concurrent request
+        stored meanwhile is skipped (ON CONFLICT DO NOTHING), not an error that aborts the transaction."""
         if not rows:
             return set()
+        if self.engine.dialect.name == "postgresql":
+            # Batches inserting the same new keys in different orders would each wait for an index
+            # entry the other holds (a deadlock); keys locked first, in one order, make one wait.
+            locks = sorted({_key_lock(row["idempotency_key"]) for row in rows})
+            session.execute(text("SELECT pg_advisory_xact_lock(:lock)"), [{"lock": lock} for lock in locks])
         upsert = _UPSERTS.get(self.engine.dialect.name)
         if upsert is None:
             session.execute(insert(ExampleRow), rows)
