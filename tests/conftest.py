@@ -17,6 +17,8 @@ if _CLIENT_HOME:
 
 from fragua.settings import Settings, resource_path  # noqa: E402
 
+from .pgdatabase import fresh_database  # noqa: E402  (reads FRAGUA_TEST_POSTGRES_URL before any test clears FRAGUA_*)
+
 EXAMPLES = resource_path("resources", "examples")
 
 
@@ -183,6 +185,20 @@ def store(request, tmp_path):
     from fragua.storage.s3 import S3Store
 
     return S3Store.from_settings(request.getfixturevalue("s3_settings"))
+
+
+# The intake queue's database ---------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def queue_url(request, tmp_path):
+    """The intake queue's database, one variant per backend: SQLite in the test's folder, and a
+    PostgreSQL database created for this test alone and dropped after it (tests/pgdatabase.py)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'queue' / 'intake.db'}"
+        return
+    with fresh_database() as url:
+        yield url
 
 
 # A validated run -------------------------------------------------------------------------

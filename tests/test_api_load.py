@@ -1,4 +1,5 @@
-"""Minimum bar: 2,000 examples from 20 concurrent clients, with retries, against a real server."""
+"""Minimum bar: 2,000 examples from 20 concurrent clients, with retries, against a real server,
+whose queue is SQLite and then PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import httpx
 import pytest
 
 from fragua.intake.queue import IntakeQueue
-from fragua.settings import Settings
 
 from .apiserver import ApiServer
 
@@ -19,15 +19,15 @@ TOKEN = "load-test-token-3141"
 
 
 @pytest.fixture
-def api_server(tmp_path):
-    server = ApiServer(tmp_path / "work", TOKEN)
+def api_server(queue_url, tmp_path):
+    server = ApiServer(tmp_path / "work", TOKEN, env={"FRAGUA_INTAKE__DATABASE_URL": queue_url})
     server.start()
     yield server
     server.stop()
 
 
 @pytest.mark.slow
-def test_two_thousand_examples_from_twenty_clients_with_retries(api_server, tmp_path):
+def test_two_thousand_examples_from_twenty_clients_with_retries(api_server, queue_url):
     statuses: list[int] = []
 
     def client(number: int) -> list[int]:
@@ -59,6 +59,6 @@ def test_two_thousand_examples_from_twenty_clients_with_retries(api_server, tmp_
     assert statuses.count(201) == EXAMPLES - EXAMPLES // 4 + batching_clients  # each single once, each first batch
     stats = httpx.get(f"{api_server.url}/stats", headers=api_server.headers, timeout=30).json()
     assert stats["examples"] == {"pending": EXAMPLES, "training": 0, "trained": 0}
-    queue = IntakeQueue.from_settings(Settings(work_dir=tmp_path / "work"))
+    queue = IntakeQueue(queue_url)
     stored = [e.idempotency_key for page in (queue.examples("pending", limit=EXAMPLES + 10),) for e in page]
     assert sorted(stored) == sorted(f"load-{i}" for i in range(EXAMPLES))

@@ -1,8 +1,14 @@
-"""A failed autotrain run leaves its examples pending and notifies; the CLI feeds the same queue."""
+"""A failed autotrain run leaves its examples pending and notifies; the CLI feeds the same queue;
+two runs claiming at once never share an example. Each test runs on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from typer.testing import CliRunner
@@ -14,7 +20,7 @@ from fragua.settings import Settings
 from .webhook import WebhookReceiver
 
 
-def test_a_failed_run_leaves_the_examples_pending_and_sends_a_failure_notification(prefect_api, tmp_path):
+def test_a_failed_run_leaves_the_examples_pending_and_sends_a_failure_notification(prefect_api, queue_url, tmp_path):
     from fragua.blocks import save_webhook
     from fragua.flows.autotrain import autotrain_flow
 
@@ -22,7 +28,7 @@ def test_a_failed_run_leaves_the_examples_pending_and_sends_a_failure_notificati
         settings = Settings(
             work_dir=tmp_path / "work", tracking={"mode": "disabled"},
             data={"sources": [{"path": str(tmp_path / "missing.jsonl")}]},
-            notifications={"block": save_webhook(receiver.url, "failure-alerts")},
+            notifications={"block": save_webhook(receiver.url, "failure-alerts")}, intake={"database_url": queue_url},
         )
         queue = IntakeQueue.from_settings(settings)
         queue.add(question_answer_record("Where is the gym?", "On floor 2."))
@@ -35,8 +41,9 @@ def test_a_failed_run_leaves_the_examples_pending_and_sends_a_failure_notificati
         assert message["subject"].startswith("Fragua: autotrain run") and message["subject"].endswith("failed")
 
 
-def test_cli_add_import_status_version(tmp_path, monkeypatch):
+def test_cli_add_import_status_version(queue_url, tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    monkeypatch.setenv("FRAGUA_INTAKE__DATABASE_URL", queue_url)
     runner = CliRunner()
     work = ["--work-dir", str(tmp_path / "work")]
     added = runner.invoke(app, [*work, "add", "What time is check-in?", "From 15:00.", "--domain", "hotel", "--key", "faq-1"])
@@ -58,6 +65,7 @@ def test_cli_add_import_status_version(tmp_path, monkeypatch):
     twice = runner.invoke(app, [*work, "import-data", str(rows)])
     assert twice.exit_code == 0
     queue = IntakeQueue.from_settings(Settings(work_dir=tmp_path / "work"))
+    assert queue.url == queue_url  # the environment's database, as for every command above
     assert queue.counts()["pending"] == 3  # one added, two imported once
     assert {e.origin for e in queue.examples()} == {"cli", "import:alpaca.jsonl"}
 
@@ -67,3 +75,80 @@ def test_cli_add_import_status_version(tmp_path, monkeypatch):
     assert version.exit_code == 0 and "fragua 0.1.0" in version.output
     skipped = runner.invoke(app, [*work, "train", "--queue", "--dataset", "x"])
     assert skipped.exit_code == 2 and "--queue" in skipped.output
+
+
+def test_a_queue_database_that_cannot_be_reached_or_used_is_one_clear_line(tmp_path, monkeypatch):
+    """A PostgreSQL server that is down, and a URL whose driver does not exist: exit 2, one message
+    naming the database, no traceback, the password masked."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    runner = CliRunner()
+    for url, expected in ((f"postgresql+psycopg://fragua:s3cret@127.0.0.1:{port}/queue", f"127.0.0.1:{port}/queue cannot be reached"),
+                          ("postgresql+nosuchdriver://fragua:s3cret@db.internal/queue", "postgresql.nosuchdriver")):
+        monkeypatch.setenv("FRAGUA_INTAKE__DATABASE_URL", url)
+        result = runner.invoke(app, ["--work-dir", str(tmp_path / "work"), "status"])
+        output = " ".join(result.output.split())
+        assert result.exit_code == 2 and output.startswith("error:") and expected in output, result.output
+        assert "Traceback" not in output and "s3cret" not in output
+
+
+# What autotrain's claim task does, in a loop: claim a batch as a new run, then report it trained.
+CLAIMER = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+
+    from fragua.intake.autotrain import open_queue
+    from fragua.intake.queue import new_run_id
+    from fragua.settings import Settings
+
+    settings = Settings(work_dir=sys.argv[1])  # the queue's URL and batch size come from the environment
+    queue = open_queue(settings)
+    go, mine, other = Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+    while not go.exists():
+        time.sleep(0.01)
+    while True:
+        run_id = new_run_id()
+        batch = queue.claim(run_id, limit=settings.intake.max_examples_per_run)
+        if not batch.size:
+            break
+        print(json.dumps({"run": run_id, "ids": batch.example_ids}), flush=True)
+        assert queue.mark_trained(run_id, run_id) == batch.size
+        if not mine.exists():  # both claim once before either goes on, so the rest runs side by side
+            mine.touch()
+            deadline = time.monotonic() + 120
+            while not other.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+""")
+
+
+@pytest.mark.slow(seconds=30)
+def test_two_claiming_processes_at_once_claim_every_example_exactly_once(queue_url, tmp_path):
+    """Two processes claim batches of 3 from 900 pending examples at the same time, as two
+    autotrain runs would: each example lands in exactly one batch, and the database agrees
+    (every example trained once, by the run that claimed it, after a single attempt)."""
+    total, per_run = 900, 3
+    queue = IntakeQueue(queue_url)
+    queue.add_many([(question_answer_record(f"Which room is number {i}?", f"Room {i}."), f"room-{i}") for i in range(total)])
+    env = {**os.environ, "FRAGUA_INTAKE__DATABASE_URL": queue_url, "FRAGUA_INTAKE__MAX_EXAMPLES_PER_RUN": str(per_run),
+           "FRAGUA_TRACKING__MODE": "disabled"}
+    go, ready = tmp_path / "go", [tmp_path / "first-claim-0", tmp_path / "first-claim-1"]
+    claimers = [
+        subprocess.Popen([sys.executable, "-c", CLAIMER, str(tmp_path / "work"), str(go), str(ready[n]), str(ready[1 - n])],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for n in range(2)
+    ]
+    go.touch()
+    outputs = [claimer.communicate(timeout=600) for claimer in claimers]
+    for claimer, (_, errors) in zip(claimers, outputs):
+        assert claimer.returncode == 0, errors
+
+    batches = [[json.loads(line) for line in out.splitlines()] for out, _ in outputs]
+    assert all(batches), "one process claimed nothing: the claims never ran side by side"
+    claimed = [i for mine in batches for batch in mine for i in batch["ids"]]
+    assert len(claimed) == total and len(set(claimed)) == total, "an example was claimed twice, or never"
+    assert all(0 < len(batch["ids"]) <= per_run for mine in batches for batch in mine)
+    claimed_by = {i: batch["run"] for mine in batches for batch in mine for i in batch["ids"]}
+    stored = queue.examples(limit=total + 1)
+    assert queue.counts() == {"pending": 0, "training": 0, "trained": total}
+    assert {e.id: e.version for e in stored} == claimed_by and {e.attempts for e in stored} == {1}

@@ -1,7 +1,12 @@
-"""The intake queue: idempotency, the pending -> training -> trained lifecycle, crashed claims."""
+"""The intake queue: idempotency, the pending -> training -> trained lifecycle, crashed claims.
+
+Every test that opens a queue runs twice, on SQLite and on PostgreSQL (the ``queue_url`` fixture)."""
 
 from __future__ import annotations
 
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -11,8 +16,8 @@ from fragua.intake.queue import ExampleRow, IdempotencyConflict, IntakeQueue, Ro
 
 
 @pytest.fixture
-def queue(tmp_path) -> IntakeQueue:
-    return IntakeQueue(f"sqlite:///{tmp_path / 'intake.db'}")
+def queue(queue_url) -> IntakeQueue:
+    return IntakeQueue(queue_url)
 
 
 def qa(i: int) -> dict:
@@ -43,6 +48,13 @@ def test_a_batch_with_a_conflicting_key_stores_nothing(queue):
     assert [a.created for a in added] == [True, False, False]
 
 
+def test_a_batch_is_stored_and_claimed_in_its_own_order(queue):
+    added = queue.add_many([(qa(i), key) for i, key in enumerate(["zulu", "alpha", "mike", None])])
+    ids = [a.example.id for a in added]
+    assert ids == sorted(ids)
+    assert queue.claim("run-a", limit=2).example_ids == ids[:2]  # oldest first: the batch's first two
+
+
 def test_lifecycle_pending_training_trained(queue):
     for i in range(3):
         queue.add(qa(i))
@@ -60,8 +72,8 @@ def test_lifecycle_pending_training_trained(queue):
     assert queue.last_run().state in {"failed", "succeeded"}
 
 
-def test_claims_of_a_crashed_run_expire(tmp_path):
-    queue = IntakeQueue(f"sqlite:///{tmp_path / 'intake.db'}", claim_timeout=timedelta(minutes=30))
+def test_claims_of_a_crashed_run_expire(queue_url):
+    queue = IntakeQueue(queue_url, claim_timeout=timedelta(minutes=30))
     queue.add(qa(1))
     queue.claim("crashed-run")
     assert queue.release_stale() == 0  # still young: the run may be training
@@ -71,6 +83,52 @@ def test_claims_of_a_crashed_run_expire(tmp_path):
     [example] = queue.examples("pending")
     assert "did not finish" in example.last_error
     assert queue.mark_trained("crashed-run", "v9") == 0  # a late report of the dead run changes nothing
+
+
+def test_the_same_keys_stored_by_many_writers_at_once_are_stored_once(queue):
+    """Eight writers store the same 60 keys at the same moment, each in its own order: six in
+    batches of 20, two one at a time. Each key is created by exactly one of them, every other call
+    is a retry, none fails (on PostgreSQL the losing insert must not abort its transaction, and
+    batches overlapping in different orders must not deadlock)."""
+    writers, batch, keys = 8, 20, [f"race-{i}" for i in range(60)]
+    start = threading.Barrier(writers)
+
+    def writer(number: int) -> list[tuple[str, int, bool]]:
+        order = random.Random(number).sample(keys, len(keys))
+        start.wait()
+        added = []
+        for offset in range(0, len(order), batch):
+            chunk = order[offset:offset + batch]
+            if number > 1:
+                added += zip(chunk, queue.add_many([(qa(int(k.split("-")[1])), k) for k in chunk]))
+            else:
+                added += [(k, queue.add(qa(int(k.split("-")[1])), key=k)) for k in chunk]
+        return [(key, a.example.id, a.created) for key, a in added]
+
+    with ThreadPoolExecutor(writers) as pool:
+        results = [row for rows in pool.map(writer, range(writers)) for row in rows]
+
+    assert len(results) == writers * len(keys)
+    assert sorted(key for key, _, created in results if created) == sorted(keys)
+    ids = {key: {example_id for k, example_id, _ in results if k == key} for key in keys}
+    assert all(len(found) == 1 for found in ids.values()), "a key came back with two different examples"
+    stored = queue.examples(limit=1000)
+    assert sorted(e.idempotency_key for e in stored) == sorted(keys)
+    assert {e.idempotency_key: e.id for e in stored} == {key: found.pop() for key, found in ids.items()}
+
+
+def test_records_come_back_exactly_as_stored(queue):
+    """Whatever JSON text can hold survives the database: non-ASCII, a NUL character, deep meta,
+    and an origin as long as a file name (import:<name>) can make it."""
+    record = question_answer_record(
+        "¿Dónde está el gimnasio? 🏋️ \x00 \u2028 end", "Planta 2 — «junto al spa»", system="Sé breve.", domain="hôtel",
+        meta={"nested": {"list": [1, 2.5, None, True, "ü"]}, "big": 2**53},
+    )
+    origin = "import:" + "n" * 255 + ".jsonl"
+    added = queue.add(record, key="unicode-1", origin=origin)
+    [stored] = queue.examples()
+    assert stored.record == record and stored.origin == origin and stored.id == added.example.id
+    assert not queue.add(record, key="unicode-1").created  # the same content hash, read back from the database
 
 
 def test_conversations_are_checked_like_ingest_checks_them():

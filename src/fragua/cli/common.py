@@ -26,6 +26,7 @@ PATH_OPTION = typer.Option(None, "--path", help="A local model folder (adapter o
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from fragua.data.ingest import IngestError
+    from fragua.intake.queue import QueueUnavailable
     from fragua.integrations.prefect_server import PrefectServerError
     from fragua.models.loading import ModelLoadError
     from fragua.models.templates import TemplateError
@@ -33,7 +34,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from fragua.registry.versions import RegistryError
     from fragua.storage.store import StoreError
 
-    return (IngestError, RegistryError, ModelLoadError, StoreError, TemplateError, ExportError, PrefectServerError, FileNotFoundError)
+    return (IngestError, RegistryError, ModelLoadError, StoreError, TemplateError, ExportError, PrefectServerError, FileNotFoundError,
+            QueueUnavailable)
 
 
 def load_settings(ctx: typer.Context, sources: list[Path] | None = None) -> Settings:

@@ -14,9 +14,12 @@ from fragua.settings import Settings, SourceSpec, describe_validation_error
 
 
 def _queue(settings: Settings) -> Any:
-    from fragua.intake.queue import IntakeQueue
+    from fragua.intake.queue import IntakeError, IntakeQueue, QueueUnavailable
 
-    return IntakeQueue.from_settings(settings)
+    try:
+        return IntakeQueue.from_settings(settings)
+    except (IntakeError, QueueUnavailable) as exc:  # a bad intake.database_url, a database down
+        raise_user(str(exc))
 
 
 def add(
@@ -119,12 +122,12 @@ def serve_api(
     import uvicorn
 
     from fragua.intake.api import create_app
-    from fragua.intake.queue import IntakeError
+    from fragua.intake.queue import IntakeError, QueueUnavailable
 
     settings = load_settings(ctx)
     try:
         app_ = create_app(settings, _forced_autotrain_patiently)
-    except IntakeError as exc:
+    except (IntakeError, QueueUnavailable) as exc:
         raise_user(str(exc))
     with exit_on_sigterm():
         uvicorn.run(app_, host=host or settings.intake.api_host, port=settings.intake.api_port if port is None else port, log_level="info")

@@ -6,6 +6,11 @@ when the run fails, is not promoted, or crashed and left its claim older than
 ``intake.claim_timeout_minutes``. Every example carries an idempotency key: posting the
 same key again returns the stored example instead of adding a second one, and reusing a
 key for different content is refused.
+
+Every statement works the same on SQLite and PostgreSQL (the queue's tests run on both): a
+claim is one UPDATE over candidates PostgreSQL locks with ``FOR UPDATE SKIP LOCKED`` (SQLite
+runs it under its single write lock), and a key a concurrent request stored first is skipped
+by ``INSERT ... ON CONFLICT DO NOTHING`` instead of raising an error that aborts the transaction.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import orjson
-from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, event, func, select, update
+from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, event, func, insert, make_url, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from fragua.data.formats.adapt import adapt_row
@@ -42,6 +48,10 @@ class IdempotencyConflict(IntakeError):
     """An idempotency key that is already stored with different content."""
 
 
+class QueueUnavailable(ConnectionError):
+    """The queue's database cannot be reached (a ConnectionError: tasks retry it); the message names it."""
+
+
 def _now() -> datetime:
     # Naive UTC: SQLite keeps no zone, and comparisons must agree on every backend.
     return datetime.now(timezone.utc).replace(tzinfo=None)
@@ -58,10 +68,10 @@ class ExampleRow(Base):
     idempotency_key: Mapped[str] = mapped_column(String(KEY_MAX), unique=True)
     content_sha: Mapped[str] = mapped_column(String(64))
     record: Mapped[dict[str, Any]] = mapped_column(JSON)
-    origin: Mapped[str] = mapped_column(String(200))
+    origin: Mapped[str] = mapped_column(Text)  # "import:<file name>": as long as a file name
     status: Mapped[str] = mapped_column(String(16), index=True, default="pending")
     batch_id: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
-    version: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    version: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime())
@@ -77,7 +87,7 @@ class RunRow(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     state: Mapped[str] = mapped_column(String(16))
     examples: Mapped[int] = mapped_column(Integer, default=0)
-    version: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    version: Mapped[str | None] = mapped_column(Text, nullable=True)
     flow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
     started_at: Mapped[datetime] = mapped_column(DateTime())
@@ -198,6 +208,11 @@ def content_id(record: dict[str, Any]) -> str:
     return record_id(content_key(draft))
 
 
+def _key_lock(key: str) -> int:
+    """The PostgreSQL advisory-lock number of an idempotency key (a signed 64-bit hash)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+
+
 def check_key(key: str | None) -> str:
     if key is None:
         return f"auto:{uuid.uuid4().hex}"
@@ -210,6 +225,7 @@ def check_key(key: str | None) -> str:
 
 
 _ENGINES: dict[str, Engine] = {}
+_UPSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 _ENGINES_LOCK = threading.Lock()
 
 
@@ -226,15 +242,40 @@ def engine_for(url: str) -> Engine:
     with _ENGINES_LOCK:
         engine = _ENGINES.get(url)
         if engine is None:
-            if url.startswith("sqlite:///"):
-                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-                engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=20, max_overflow=20)
-                event.listen(engine, "connect", _sqlite_pragmas)
-            else:
-                engine = create_engine(url, pool_pre_ping=True)
-            Base.metadata.create_all(engine)
+            engine = _open(url)
             _ENGINES[url] = engine
     return engine
+
+
+def _open(url: str) -> Engine:
+    """An engine on ``url`` with the queue's tables; a bad URL or an unreachable database is one clear error."""
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=20, max_overflow=20)
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            # a pool as large as the API's concurrent requests (the load test's 20 clients)
+            pool = {} if url.startswith("sqlite") else {"pool_size": 10, "max_overflow": 20}
+            engine = create_engine(url, pool_pre_ping=True, **pool)
+    except (ArgumentError, ImportError) as exc:  # a malformed URL, an unknown dialect, a driver not installed
+        raise IntakeError(f"intake.database_url {url.split('@')[-1]!r} cannot be used: {exc}") from None
+    try:
+        Base.metadata.create_all(engine)
+    except OperationalError as exc:
+        engine.dispose()
+        reason = " ".join(str(exc.orig).split())
+        raise QueueUnavailable(f"the intake queue's database {shown} cannot be reached: {reason}") from None
+    return engine
+
+
+def dispose_engine(url: str) -> None:
+    """Close this process's pooled connections to ``url`` (before its database is dropped)."""
+    with _ENGINES_LOCK:
+        engine = _ENGINES.pop(url, None)
+    if engine is not None:
+        engine.dispose()
 
 
 class IntakeQueue:
@@ -268,32 +309,53 @@ class IntakeQueue:
             try:
                 return self._add_keyed(keyed, origin)
             except IntegrityError:
-                # A concurrent request stored one of these keys between our read and insert;
-                # the next attempt sees it as a retry.
+                # Only on a database without ON CONFLICT (see _insert_absent): a concurrent request
+                # stored one of these keys between our read and insert. The next attempt, a new
+                # transaction, sees the key as stored: a retry.
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
     def _add_keyed(self, keyed: list[tuple[dict[str, Any], str, str]], origin: str) -> list[Added]:
+        first: dict[str, tuple[dict[str, Any], str]] = {}  # key -> (record, content sha) of its first item
+        for record, key, sha in keyed:
+            if first.setdefault(key, (record, sha))[1] != sha:
+                raise IdempotencyConflict(f"idempotency_key {key!r} is given twice with different content")
         with self._session() as session, session.begin():
-            keys = list(dict.fromkeys(key for _, key, _ in keyed))
-            stored = {row.idempotency_key: row for row in session.scalars(select(ExampleRow).where(ExampleRow.idempotency_key.in_(keys)))}
-            results: list[tuple[ExampleRow, bool]] = []
-            fresh: dict[str, ExampleRow] = {}
+            by_key = select(ExampleRow).where(ExampleRow.idempotency_key.in_(list(first)))
+            stored = set(session.scalars(by_key.with_only_columns(ExampleRow.idempotency_key)))
             now = _now()
-            for record, key, sha in keyed:
-                existing = stored.get(key) or fresh.get(key)
-                if existing is not None:
-                    if existing.content_sha != sha:
-                        raise IdempotencyConflict(f"idempotency_key {key!r} is already stored with different content")
-                    results.append((existing, False))
-                    continue
-                row = ExampleRow(idempotency_key=key, content_sha=sha, record=record, origin=origin, status="pending", attempts=0, created_at=now)
-                session.add(row)
-                fresh[key] = row
-                results.append((row, True))
-            session.flush()
-            return [Added(Example.of(row), created) for row, created in results]
+            # In the given order, so ids (the order claims and pages follow) keep the batch's order.
+            created = self._insert_absent(session, [
+                {"idempotency_key": key, "content_sha": sha, "record": record, "origin": origin, "status": "pending", "attempts": 0, "created_at": now}
+                for key, (record, sha) in first.items() if key not in stored
+            ])
+            rows = {row.idempotency_key: row for row in session.scalars(by_key)}
+            for key, (_, sha) in first.items():
+                if rows[key].content_sha != sha:
+                    raise IdempotencyConflict(f"idempotency_key {key!r} is already stored with different content")
+            results = []
+            for _, key, _ in keyed:
+                results.append(Added(Example.of(rows[key]), key in created))
+                created.discard(key)  # the same key again later in this call is a retry
+            return results
+
+    def _insert_absent(self, session: Session, rows: list[dict[str, Any]]) -> set[str]:
+        """Insert the rows whose key no one has stored; the keys inserted. A key a concurrent request
+        stored meanwhile is skipped (ON CONFLICT DO NOTHING), not an error that aborts the transaction."""
+        if not rows:
+            return set()
+        if self.engine.dialect.name == "postgresql":
+            # Batches inserting the same new keys in different orders would each wait for an index
+            # entry the other holds (a deadlock); keys locked first, in one order, make one wait.
+            locks = sorted({_key_lock(row["idempotency_key"]) for row in rows})
+            session.execute(text("SELECT pg_advisory_xact_lock(:lock)"), [{"lock": lock} for lock in locks])
+        upsert = _UPSERTS.get(self.engine.dialect.name)
+        if upsert is None:
+            session.execute(insert(ExampleRow), rows)
+            return {row["idempotency_key"] for row in rows}
+        statement = upsert(ExampleRow).on_conflict_do_nothing(index_elements=[ExampleRow.idempotency_key])
+        return set(session.scalars(statement.returning(ExampleRow.idempotency_key), rows))
 
     # reading -------------------------------------------------------------------------
 
@@ -360,17 +422,20 @@ class IntakeQueue:
     def claim(self, run_id: str, *, limit: int | None = None, flow_run_id: str | None = None) -> Batch:
         """Move pending examples (oldest first) to 'training' under this run; concurrent runs never share one."""
         now = _now()
+        # PostgreSQL locks the candidates, skipping rows a concurrent claim holds, and materializes
+        # them once: a subquery re-run inside the UPDATE no longer sees the rows it just claimed
+        # and would take more than the limit. A row another claim committed meanwhile fails the
+        # outer status check.
+        candidates = select(ExampleRow.id).where(ExampleRow.status == "pending").order_by(ExampleRow.id).with_for_update(skip_locked=True)
+        if limit is not None:
+            candidates = candidates.limit(limit)
+        chosen = candidates.cte("candidates").prefix_with("MATERIALIZED", dialect="postgresql")
         with self._session() as session, session.begin():
-            query = select(ExampleRow.id).where(ExampleRow.status == "pending").order_by(ExampleRow.id)
-            if limit is not None:
-                query = query.limit(limit)
-            candidates = list(session.scalars(query))
-            if candidates:
-                session.execute(
-                    update(ExampleRow)
-                    .where(ExampleRow.id.in_(candidates), ExampleRow.status == "pending")
-                    .values(status="training", batch_id=run_id, claimed_at=now, attempts=ExampleRow.attempts + 1)
-                )
+            session.execute(
+                update(ExampleRow)
+                .where(ExampleRow.id.in_(select(chosen.c.id)), ExampleRow.status == "pending")
+                .values(status="training", batch_id=run_id, claimed_at=now, attempts=ExampleRow.attempts + 1)
+            )
             claimed = list(session.scalars(select(ExampleRow.id).where(ExampleRow.batch_id == run_id, ExampleRow.status == "training").order_by(ExampleRow.id)))
             session.merge(RunRow(id=run_id, state="running", examples=len(claimed), flow_run_id=flow_run_id, started_at=now))
         return Batch(run_id, claimed)
@@ -444,6 +509,6 @@ def parse_meta(raw: str | None) -> dict[str, Any]:
 
 
 __all__ = [
-    "Added", "Batch", "Example", "IdempotencyConflict", "IntakeError", "IntakeQueue", "RowError", "RunInfo",
+    "Added", "Batch", "Example", "IdempotencyConflict", "IntakeError", "IntakeQueue", "QueueUnavailable", "RowError", "RunInfo",
     "content_id", "messages_record", "new_run_id", "question_answer_record", "write_jsonl",
 ]
