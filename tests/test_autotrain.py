@@ -77,6 +77,34 @@ def test_cli_add_import_status_version(queue_url, tmp_path, monkeypatch):
     assert skipped.exit_code == 2 and "--queue" in skipped.output
 
 
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ('{"score": NaN}', "--meta: meta.score: NaN is not a JSON number"),
+        ('{"n": 123456789012345678901234567890}', "--meta: meta.n: integer 123456789012…(30 characters) is outside the 64-bit range"),
+        ('{"a": ' * 40 + "1" + "}" * 40, "nested deeper than intake.max_meta_depth (32 levels)"),
+        ('{"a": "x\\ud800y"}', "--meta: meta.a: not valid Unicode: a lone surrogate"),
+        ("[1, 2]", "--meta must be a JSON object, got list"),
+        ("{not json", "--meta: meta.1: JSON decode error"),
+    ],
+    ids=["nan", "huge-int", "too-deep", "surrogate", "list", "invalid"],
+)
+def test_cli_add_meta_follows_the_api_rules_in_one_line(tmp_path, meta, message):
+    """`fragua add --meta` refuses what the API refuses, in one line and without a traceback
+    (NaN used to be stored as non-standard JSON; deep nesting and huge integers crashed it)."""
+    runner = CliRunner()
+    work = tmp_path / "work"
+    refused = runner.invoke(app, ["--work-dir", str(work), "add", "Where is the gym?", "On floor 2.", "--meta", meta])
+    assert refused.exit_code == 2, refused.output
+    assert message in " ".join(refused.output.split()), refused.output
+    assert "Traceback" not in refused.output
+    assert IntakeQueue.from_settings(Settings(work_dir=work)).counts().get("pending", 0) == 0
+    kept = runner.invoke(app, ["--work-dir", str(work), "add", "Where is the gym?", "On floor 2.", "--meta", '{"room": {"floor": 2}}'])
+    assert kept.exit_code == 0, kept.output
+    [example] = IntakeQueue.from_settings(Settings(work_dir=work)).examples()
+    assert example.record["meta"] == {"room": {"floor": 2}}
+
+
 def test_a_queue_database_that_cannot_be_reached_or_used_is_one_clear_line(tmp_path, monkeypatch):
     """A PostgreSQL server that is down, and a URL whose driver does not exist: exit 2, one message
     naming the database, no traceback, the password masked."""

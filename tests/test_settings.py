@@ -123,6 +123,15 @@ def test_secrets_are_redacted(monkeypatch):
     assert "wandb-secret-123" not in settings.model_dump_json()
 
 
+def test_a_password_in_the_intake_database_url_stays_secret(monkeypatch):
+    url = "postgresql+psycopg://fragua:db-secret-456@db.example/fragua"
+    monkeypatch.setenv("FRAGUA_INTAKE__DATABASE_URL", url)
+    settings = Settings()
+    assert settings.intake_url == url  # what the queue connects with
+    for dumped in (repr(settings), str(settings.redacted()), settings.model_dump_json()):
+        assert "db-secret-456" not in dumped
+
+
 def test_parse_overrides_builds_nested_values():
     assert parse_overrides(["train.epochs=2", "train.lora.r=4", "registry.model_name=acme", "data.sources=[{\"path\": \"x\"}]"]) == {
         "train": {"epochs": 2, "lora": {"r": 4}},

@@ -32,7 +32,7 @@ def add(
     meta: Optional[str] = typer.Option(None, help="JSON object kept with the example."),
 ) -> None:
     """Add one question/answer example to the intake queue."""
-    from fragua.intake.queue import IntakeError, RowError, parse_meta, question_answer_record
+    from fragua.intake.queue import IntakeError, RowError, question_answer_record
 
     settings = load_settings(ctx)
     limit = settings.intake.max_example_chars
@@ -40,12 +40,28 @@ def add(
         if len(text) > limit:
             raise_user(f"{label} is {len(text)} characters, longer than intake.max_example_chars ({limit})")
     try:
-        record = question_answer_record(question, answer, system=system, domain=domain, meta=parse_meta(meta))
+        record = question_answer_record(question, answer, system=system, domain=domain, meta=_meta_option(meta, settings.intake.max_meta_depth))
         added = _queue(settings).add(record, key=key, origin="cli")
     except (IntakeError, RowError) as exc:
         raise_user(str(exc))
     verb = "added" if added.created else "already queued (same key)"
     console.print(f"example {added.example.id} {verb}: {added.example.status}", highlight=False)
+
+
+def _meta_option(text: str | None, max_meta_depth: int) -> dict:
+    """``--meta`` under the intake API's rules: a JSON object of finite numbers, 64-bit integers,
+    valid Unicode, at most intake.max_meta_depth levels deep."""
+    from fragua.intake.jsonbody import meta_problems
+
+    if not text:
+        return {}
+    value, problems = meta_problems(text, max_meta_depth=max_meta_depth)
+    if problems:
+        first = problems[0]
+        raise_user(f"--meta: {'.'.join(str(part) for part in first['loc'])}: {first['msg']}")
+    if not isinstance(value, dict):
+        raise_user(f"--meta must be a JSON object, got {type(value).__name__}")
+    return value
 
 
 def import_data(

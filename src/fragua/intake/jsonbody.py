@@ -91,10 +91,21 @@ def check_json_body(body: bytes, *, max_meta_depth: int) -> list[dict[str, Any]]
     ``meta`` objects may nest ``max_meta_depth`` levels (the object itself is level 1); the rest
     of the body at most STRUCTURE_DEPTH."""
     value, errors = parse(body)
-    if errors:
-        return errors
+    return errors or _value_problems(value, ("body",), max_meta_depth=max_meta_depth, in_meta=False)
+
+
+def meta_problems(text: str, *, max_meta_depth: int) -> tuple[Any, list[dict[str, Any]]]:
+    """A ``meta`` value given as JSON text (``fragua add --meta``), parsed, and its problems under
+    the API's rules, located from ``meta``."""
+    value, errors = parse(text.encode("utf-8", "surrogateescape"))
+    errors = [{**error, "loc": ["meta", *error["loc"][1:]]} for error in errors]
+    return value, errors or _value_problems(value, ("meta",), max_meta_depth=max_meta_depth, in_meta=True)
+
+
+def _value_problems(value: Any, root: Loc, *, max_meta_depth: int, in_meta: bool) -> list[dict[str, Any]]:
+    errors: list[dict[str, Any]] = []
     # (value, where, containers above it: within meta when in_meta, else from the body's top, in_meta)
-    stack: list[tuple[Any, Loc, int, bool]] = [(value, ("body",), 0, False)]
+    stack: list[tuple[Any, Loc, int, bool]] = [(value, root, 0, in_meta)]
     while stack and len(errors) < MAX_ERRORS:
         node, loc, depth, in_meta = stack.pop()
         if isinstance(node, Refused):

@@ -16,7 +16,6 @@ by ``INSERT ... ON CONFLICT DO NOTHING`` instead of raising an error that aborts
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import uuid
 from dataclasses import dataclass
@@ -494,18 +493,6 @@ def write_jsonl(rows: Iterable[dict[str, Any]], path: Path) -> int:
 
 def new_run_id() -> str:
     return f"autotrain-{_now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-
-
-def parse_meta(raw: str | None) -> dict[str, Any]:
-    if not raw:
-        return {}
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise IntakeError(f"--meta must be a JSON object: {exc}") from exc
-    if not isinstance(value, dict):
-        raise IntakeError("--meta must be a JSON object")
-    return value
 
 
 __all__ = [

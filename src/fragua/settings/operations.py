@@ -138,7 +138,10 @@ class TrackingSettings(Section):
 
 
 class IntakeSettings(Section):
-    database_url: str | None = Field(None, description="SQLAlchemy URL of the intake queue; None means SQLite at work_dir/intake.db.")
+    # A secret: the URL may carry the database password, and settings go into manifests and W&B.
+    database_url: SecretStr | None = Field(
+        None, description="SQLAlchemy URL of the intake queue (kept secret: it may hold a password); None means SQLite at work_dir/intake.db."
+    )
     min_new_examples: int = Field(10, ge=1, description="autotrain runs the pipeline once this many new examples are pending.")
     max_examples_per_run: int | None = Field(
         None, ge=1, description="autotrain trains on at most this many pending examples per run (oldest first); None takes them all."

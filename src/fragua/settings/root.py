@@ -194,7 +194,8 @@ class Settings(BaseSettings):
 
     @property
     def intake_url(self) -> str:
-        return self.intake.database_url or f"sqlite:///{self.work_path / 'intake.db'}"
+        url = self.intake.database_url
+        return url.get_secret_value() if url else f"sqlite:///{self.work_path / 'intake.db'}"
 
     @property
     def base_model_ref(self) -> str:
