@@ -128,3 +128,26 @@ def test_force_without_a_server_runs_autotrain_in_process(prefect_api, tmp_path,
     assert "missing.jsonl" in app.state.forced_runs.last_error  # the run failed at ingest ...
     stats = client.get("/stats", headers=AUTH).json()
     assert stats["examples"]["pending"] == 1 and stats["last_run"]["state"] == "failed"  # ... and left the example pending
+
+
+def test_a_database_lost_mid_service_answers_503_and_the_client_may_retry(tmp_path):
+    """The queue's PostgreSQL database dropped while the API runs: 503 with Retry-After and one
+    sentence, never a 500 with SQLAlchemy's text."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    from .pgdatabase import ADMIN_URL, fresh_database
+
+    with fresh_database() as url:
+        settings = Settings(work_dir=tmp_path / "work", tracking={"mode": "disabled"}, intake={"api_token": TOKEN, "database_url": url})
+        client = TestClient(create_app(settings, forced_autotrain))
+        example = {"question": "Where is the gym?", "answer": "On floor 2."}
+        assert client.post("/examples", json=example, headers=AUTH).status_code == 201
+        admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+        admin.dispose()
+        lost = client.post("/examples", json={**example, "question": "Is there a pool?"}, headers=AUTH)
+        assert lost.status_code == 503, lost.text
+        assert lost.headers["retry-after"] == "5"
+        assert lost.json() == {"detail": "the intake queue's database is unavailable; nothing was stored, retry later"}

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy.exc import OperationalError
 
 from fragua import __version__
 from fragua.intake.jsonbody import INT64_MAX, check_json_body, printable
@@ -298,6 +299,13 @@ def create_app(settings: Settings, run_autotrain: AutotrainRunner) -> FastAPI:
     @app.exception_handler(IdempotencyConflict)
     async def _conflict(_request: Request, exc: IdempotencyConflict) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_409_CONFLICT)
+
+    @app.exception_handler(OperationalError)
+    async def _database_down(_request: Request, _exc: OperationalError) -> JSONResponse:
+        # The queue's database went away mid-request (a restart, a failover): nothing was stored
+        # (the transaction rolled back), so the client may safely retry the same request.
+        return JSONResponse({"detail": "the intake queue's database is unavailable; nothing was stored, retry later"},
+                            status_code=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "5"})
 
     @app.exception_handler(IntakeError)
     async def _bad_input(_request: Request, exc: IntakeError) -> JSONResponse:
