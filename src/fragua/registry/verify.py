@@ -49,8 +49,8 @@ class Verification(BaseModel):
         return (
             f"version {self.version} in {where} is damaged: {first.file} {first.problem}"
             + (f" (and {others} more file{'s' if others > 1 else ''})" if others else "")
-            + "; no alias was moved: deploy another version"
-            + (f", or publish its run again with `fragua deploy --run {run_id}`" if run_id else "")
+            + "; no alias was moved: deploy or roll back to another version"
+            + (f", or publish its run as a new version (`fragua validate --run {run_id}`, then `fragua deploy --run {run_id}`)" if run_id else "")
         )
 
 
