@@ -62,7 +62,7 @@ class VerificationCache:
 
     def __init__(self, folder: Path | None) -> None:
         self.folder = folder
-        self._memory: dict[Path | str, dict[str, str]] = {}
+        self._memory: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
 
     def _where(self, store: ObjectStore, version: str) -> Path | str:
@@ -88,9 +88,12 @@ class VerificationCache:
         where.parent.mkdir(parents=True, exist_ok=True)
         merged = {**self.load(store, version), **entries}
         fd, name = tempfile.mkstemp(prefix=".tmp-", dir=where.parent)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(merged, handle)
-        os.replace(name, where)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(merged, handle)
+            os.replace(name, where)
+        finally:
+            Path(name).unlink(missing_ok=True)
 
 
 def sha256_file(path: Path) -> str:
