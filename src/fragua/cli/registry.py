@@ -7,8 +7,19 @@ from typing import Optional
 
 import typer
 
-from fragua.cli.common import console, load_settings, run_flow, run_step
+from fragua.cli.common import console, load_settings, raise_user, run_flow, run_step
 from fragua.cli.render import history_table, kv_table, versions_table
+
+
+def _check_version_name(version: str | None) -> None:
+    """A name that could escape the registry ('..', '/') is refused in one line, before any flow runs."""
+    from fragua.settings import check_name
+
+    if version is not None:
+        try:
+            check_name(version, "version")
+        except ValueError as exc:
+            raise_user(str(exc))
 
 
 def deploy(
@@ -20,6 +31,7 @@ def deploy(
     from fragua.flows.deploy import deploy_flow
 
     settings = load_settings(ctx)
+    _check_version_name(version)
     outcome = run_flow(lambda: deploy_flow(settings, run, version))
     console.print(
         kv_table("Deploy", [("version", outcome.version or "-"), ("published", outcome.published), ("promoted", outcome.promoted),
@@ -32,6 +44,7 @@ def rollback(ctx: typer.Context, to: Optional[str] = typer.Option(None, "--to", 
     from fragua.flows.deploy import rollback_flow
 
     settings = load_settings(ctx)
+    _check_version_name(to)
     state = run_flow(lambda: rollback_flow(settings, to))
     console.print(f"production: {state.previous} -> [bold]{state.version}[/bold]", highlight=False)
 
@@ -106,6 +119,7 @@ def registry_gc(
                 ("unfinished but recent (maybe uploading)", ", ".join(report.too_recent) or "-"),
                 ("objects deleted", report.deleted_objects),
                 ("stale multipart uploads aborted", report.aborted_uploads),
+                (f"killed downloads' staging folders, {verb}", ", ".join(report.stale_downloads) or "-"),
             ],
         )
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -15,8 +16,12 @@ from fragua.registry import open_registry
 from fragua.registry.versions import PREVIOUS, PRODUCTION, AliasState, CleanupReport, Registry, RegistryError, VersionManifest, size_label
 from fragua.reports.model_card import model_card
 from fragua.settings import Settings
+from fragua.storage import open_store
+from fragua.storage.store import StoreError
+from fragua.train.checkpoint_mirror import CheckpointMirror
 from fragua.train.runs import RunFolder
 
+logger = logging.getLogger("fragua.jobs")
 SMOKE_QUESTION = "What can you help me with?"
 
 
@@ -106,7 +111,22 @@ def publish_run(settings: Settings, run_id: str, *, flow_run_id: str | None = No
             **{Path(path).name: Path(path) for path in validation.plots.values()},
         }
     )
-    return registry.publish(version, files, manifest_fields)
+    manifest = registry.publish(version, files, manifest_fields)
+    _remove_mirrored_checkpoints(settings, run_id)
+    return manifest
+
+
+def _remove_mirrored_checkpoints(settings: Settings, run_id: str) -> None:
+    """The run's checkpoints mirrored to the registry's storage only served to resume it; its model is
+    now a version. A failure here leaves them for a later publish of the run and fails nothing."""
+    mirror = CheckpointMirror(open_store(settings), run_id, keep=settings.train.save_total_limit)
+    try:
+        removed = mirror.remove_all()
+    except StoreError as exc:
+        logger.warning("could not remove the mirrored checkpoints of run %s from %s: %s", run_id, mirror.describe(), exc)
+        return
+    if removed:
+        logger.info("removed %d mirrored checkpoint objects of run %s from %s", removed, run_id, mirror.describe())
 
 
 def version_file(settings: Settings, version: str, relative: str) -> str:

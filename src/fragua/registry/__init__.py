@@ -9,5 +9,9 @@ from fragua.storage.progress import transfer_progress
 
 
 def open_registry(settings: Settings) -> Registry:
-    """The registry on the configured storage; versions it fetches are cached under work_dir/cache/models."""
-    return Registry(open_store(settings), settings.registry.model_name, progress=transfer_progress, cache_root=settings.work_path / "cache" / "models")
+    """The registry on the configured storage; versions it fetches are cached under work_dir/cache/models,
+    and what alias moves verified is remembered under work_dir/cache/verified."""
+    cache = settings.work_path / "cache"
+    return Registry(
+        open_store(settings), settings.registry.model_name, progress=transfer_progress, cache_root=cache / "models", verification_cache=cache / "verified"
+    )

@@ -14,34 +14,32 @@ Allocations are never deleted, so a number is never handed out twice, even after
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import re
-import shutil
-import tempfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, Field
 
+from fragua.registry.downloads import MANIFEST, ProgressFactory, download_version, remove_stale_staging
+from fragua.registry.verify import Verification, VerificationCache, folder_matches, sha256_file, verify_in_store
 from fragua.settings import NAME_PATTERN, check_name
 from fragua.storage.store import NotFound, ObjectStore, PreconditionFailed, Progress
 
+logger = logging.getLogger("fragua.registry")
+
 PRODUCTION = "production"
 PREVIOUS = "previous"
-MANIFEST = "manifest.json"
 _ALLOCATION = re.compile(r"^v(\d+)\.json$")
 ALLOCATION_ATTEMPTS = 1000
 # Weights are loaded with safetensors only; pickle-based files could run code when loaded.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 HASH_WORKERS = 4
-
-# (description, total bytes) -> a context manager yielding a byte-count callback.
-ProgressFactory = Callable[[str, int], AbstractContextManager[Progress]]
 
 
 class RegistryError(RuntimeError):
@@ -50,6 +48,21 @@ class RegistryError(RuntimeError):
 
 class AliasConflict(RegistryError):
     """Another writer moved the alias first; nothing was changed by this call."""
+
+
+class VersionDamaged(RegistryError):
+    """A published version's files in the store do not match its manifest: no alias may move to it."""
+
+
+class InvalidName(RegistryError, ValueError):
+    """A version, alias or size label that could escape the registry's prefix ('..', '/', ...)."""
+
+
+def _checked(value: str, what: str) -> str:
+    try:
+        return check_name(value, what)
+    except ValueError as exc:
+        raise InvalidName(str(exc)) from None
 
 
 class FileEntry(BaseModel):
@@ -87,14 +100,6 @@ class AliasEvent(BaseModel):
     actor: str | None = None
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def size_label(parameters: int) -> str:
     """'tiny' below 50M parameters, else a rounded count such as '500m' or '7b'."""
     if parameters < 50_000_000:
@@ -125,29 +130,35 @@ class CleanupReport(BaseModel):
     kept_for_alias: list[str] = Field(default_factory=list, description="Versions retention would drop but an alias points to.")
     too_recent: list[str] = Field(default_factory=list, description="Unfinished versions left alone: maybe still uploading.")
     aborted_uploads: int = Field(0, description="Multipart uploads left by killed processes that were aborted.")
+    stale_downloads: list[str] = Field(default_factory=list, description="Staging folders of killed downloads removed from the local cache.")
     deleted_objects: int = 0
     dry_run: bool = False
 
 
 class Registry:
-    def __init__(self, store: ObjectStore, model_name: str, *, progress: ProgressFactory | None = None, cache_root: Path | None = None) -> None:
+    def __init__(
+        self, store: ObjectStore, model_name: str, *, progress: ProgressFactory | None = None, cache_root: Path | None = None,
+        verification_cache: Path | None = None,
+    ) -> None:
         self.store = store
         self.model_name = check_name(model_name, "model name")
         self.prefix = f"models/{self.model_name}"
         self.progress: ProgressFactory = progress or _no_progress
         self.cache_root = cache_root  # where fetch() puts versions unless told otherwise
+        # What verify() found intact, by object fingerprint (in memory only without a folder).
+        self.verifications = VerificationCache(verification_cache)
 
     def describe(self) -> str:
         return f"{self.store.describe()}/{self.prefix}"
 
     def version_prefix(self, version: str) -> str:
-        return f"{self.prefix}/versions/{check_name(version, 'version')}"
+        return f"{self.prefix}/versions/{_checked(version, 'version')}"
 
     # Versions -------------------------------------------------------------------------
 
     def allocate(self, size: str) -> str:
         """Reserve the next version number with a create-only write; safe under concurrency."""
-        check_name(size, "size label")
+        _checked(size, "size label")
         taken = [
             int(m.group(1))
             for key in self.store.list_keys(f"{self.prefix}/allocations/")
@@ -245,38 +256,29 @@ class Registry:
         if cache_root is None:
             raise ValueError("Registry.fetch needs a cache folder: pass cache_root, here or when opening the registry")
         manifest = self.manifest(version)
-        target = cache_root / version
-        if target.is_dir() and self._verified(target, manifest):
-            return target
-        # A staging folder of its own: processes sharing a work dir may fetch the same version at once.
-        cache_root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".partial", dir=cache_root))
-        try:
-            prefix = self.version_prefix(version)
-            total = sum(entry.size for entry in manifest.files.values())
-            with self.progress(f"downloading {version}", total) as progress:
-                self.store.get_files([(f"{prefix}/{relative}", staging / relative) for relative in manifest.files], progress)
-            if not self._verified(staging, manifest):
-                raise RegistryError(f"version {version} in {self.describe()} failed checksum verification; re-publish it")
-            (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
-            try:
-                staging.rename(target)
-            except OSError:  # a copy is in the way: a concurrent fetch's (keep it) or a stale one (replace it)
-                if not (target.is_dir() and self._verified(target, manifest)):
-                    shutil.rmtree(target, ignore_errors=True)
-                    staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return target
+        files = {relative: (entry.sha256, entry.size) for relative, entry in manifest.files.items()}
+        folder = download_version(
+            self.store, self.version_prefix(version), version, files, cache_root,
+            progress=self.progress, verifications=self.verifications, manifest_json=manifest.model_dump_json(indent=2),
+        )
+        if folder is None:
+            raise VersionDamaged(f"version {version} in {self.describe()} failed checksum verification; re-publish it")
+        return folder
 
     @staticmethod
     def _verified(folder: Path, manifest: VersionManifest) -> bool:
-        def matches(item: tuple[str, FileEntry]) -> bool:
-            path = folder / item[0]
-            return path.is_file() and path.stat().st_size == item[1].size and sha256_file(path) == item[1].sha256
+        return folder_matches(folder, [(relative, entry.sha256, entry.size) for relative, entry in manifest.files.items()])
 
-        with ThreadPoolExecutor(HASH_WORKERS) as pool:
-            return all(pool.map(matches, manifest.files.items()))
+    def verify(self, version: str) -> Verification:
+        """Every file of ``version`` in the store, streamed through sha256, against its manifest; files
+        unchanged since an earlier check are vouched for by the cache. Raises VersionDamaged."""
+        manifest = self.manifest(version)
+        files = [(relative, entry.sha256, entry.size) for relative, entry in manifest.files.items()]
+        outcome = verify_in_store(self.store, self.version_prefix(version), version, files, self.verifications)
+        if outcome.mismatches:
+            raise VersionDamaged(outcome.damage(self.describe(), manifest.lineage.get("run_id")))
+        logger.info("verified %s: %d files read in full, %d unchanged since their last check", version, outcome.hashed, outcome.cached)
+        return outcome
 
     def confirm(self, alias: str, version: str) -> None:
         """After a move: ``alias`` resolves to ``version`` and every file of it is in the store at its size."""
@@ -295,7 +297,7 @@ class Registry:
     # Aliases --------------------------------------------------------------------------
 
     def _alias_key(self, alias: str) -> str:
-        return f"{self.prefix}/aliases/{check_name(alias, 'alias')}.json"
+        return f"{self.prefix}/aliases/{_checked(alias, 'alias')}.json"
 
     def alias(self, alias: str) -> tuple[AliasState | None, str | None]:
         """Current state and ETag of an alias (None, None when unset)."""
@@ -318,9 +320,16 @@ class Registry:
                 found[name] = state
         return found
 
-    def set_alias(self, alias: str, version: str, *, reason: str, actor: str | None = None, expected: tuple[AliasState | None, str | None] | None = None) -> AliasState:
-        """Point ``alias`` at ``version`` if it is still as the caller last read it."""
-        self.manifest(version)
+    def set_alias(
+        self, alias: str, version: str, *, reason: str, actor: str | None = None, expected: tuple[AliasState | None, str | None] | None = None,
+        verify: bool = True,
+    ) -> AliasState:
+        """Point ``alias`` at ``version`` if it is still as the caller last read it; first every
+        file's checksum is verified (``verify``; off only to record or restore, never to serve)."""
+        if verify:
+            self.verify(version)
+        else:
+            self.manifest(version)
         current, etag = expected if expected is not None else self.alias(alias)
         state = AliasState(
             alias=alias,
@@ -363,7 +372,10 @@ class Registry:
         expected = expected if expected is not None else self.alias(PRODUCTION)
         state = self.set_alias(PRODUCTION, version, reason=reason, actor=actor, expected=expected)
         if state.previous and state.previous != version:
-            self._point_previous(state.previous, reason=f"production moved to {version}", actor=actor)
+            if self._existing_manifest(state.previous) is not None:
+                self._record_previous(state.previous, reason=f"production moved to {version}", actor=actor)
+            else:  # the older version previous named is not what came before: no previous at all
+                self._record_previous(None, reason=f"production moved to {version} from {state.previous}, which is no longer in the registry", actor=actor)
         return state
 
     def rollback(self, to: str | None = None, *, actor: str | None = None) -> AliasState:
@@ -377,14 +389,27 @@ class Registry:
             if previous is None:
                 raise RegistryError(f"no previous version to roll back to from {current.version}; name one with --to")
             to = previous.version
+            if self._existing_manifest(to) is None:
+                known = ", ".join(m.version for m in self.versions() if m.version != current.version) or "none"
+                raise RegistryError(
+                    f"previous points to {to}, which is no longer in {self.describe()} (its manifest is gone); "
+                    f"name the version to roll back to with --to (published: {known})"
+                )
         if to == current.version:
             raise RegistryError(f"production already points to {to}")
         return self.promote(to, reason=f"rollback from {current.version}", actor=actor, expected=expected)
 
-    def _point_previous(self, version: str, *, reason: str, actor: str | None) -> None:
+    def _record_previous(self, version: str | None, *, reason: str, actor: str | None) -> None:
+        """Point ``previous`` at ``version`` (None removes it). Only a record of where production
+        was, so not verified here: a rollback verifies the version before moving to it."""
         for _ in range(5):
             try:
-                self.set_alias(PREVIOUS, version, reason=reason, actor=actor)
+                if version is not None:
+                    self.set_alias(PREVIOUS, version, reason=reason, actor=actor, verify=False)
+                    return
+                current, etag = self.alias(PREVIOUS)
+                if current is not None:
+                    self._move_or_remove(PREVIOUS, None, (current, etag), reason=reason, actor=actor)
                 return
             except AliasConflict:
                 continue
@@ -408,7 +433,8 @@ class Registry:
 
     def _move_or_remove(self, alias: str, version: str | None, expected: tuple[AliasState, str | None], *, reason: str, actor: str | None) -> None:
         if version is not None:
-            self.set_alias(alias, version, reason=reason, actor=actor, expected=expected)
+            # Putting back what was there before: no check may stand in the way of an undo.
+            self.set_alias(alias, version, reason=reason, actor=actor, expected=expected, verify=False)
             return
         current, etag = expected
         self._swap(alias, None, current, etag)
@@ -432,7 +458,7 @@ class Registry:
         """Remove unfinished versions older than ``grace`` and, with ``keep_last``, all but the
         newest ``keep_last`` published versions; a version an alias points to is never removed.
         Allocations stay, so a removed version's number is never handed out again."""
-        report = CleanupReport(dry_run=dry_run)
+        report = CleanupReport(dry_run=dry_run, stale_downloads=remove_stale_staging(self.cache_root, dry_run=dry_run))
         published = {m.version: m for m in self.versions()}
         cutoff = datetime.now(timezone.utc) - grace
         for folder in self._version_folders():

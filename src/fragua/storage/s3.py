@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
@@ -21,7 +21,7 @@ from s3transfer.subscribers import BaseSubscriber
 
 from fragua.integrations.prefect_blocks import load_block
 from fragua.settings import RegistrySettings
-from fragua.storage.store import NotFound, ObjectStore, PreconditionFailed, Progress, StoreConfigurationError, StoreError, check_key
+from fragua.storage.store import READ_CHUNK, Fingerprint, NotFound, ObjectStore, PreconditionFailed, Progress, StoreConfigurationError, StoreError, check_key
 
 MB = 1024 * 1024
 # Codes that no retry can fix: the message tells the user what to change instead.
@@ -121,6 +121,22 @@ class S3Store(ObjectStore):
             return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, key, "checking") from exc
+
+    def fingerprint(self, key: str) -> Fingerprint:
+        """The ETag changes with the content (and LastModified with every write); both come from one HEAD."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, key, "checking") from exc
+        return Fingerprint(size=int(head["ContentLength"]), identity=f"{head['ETag']}:{head['LastModified'].isoformat()}")
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            with body:
+                yield from body.iter_chunks(READ_CHUNK)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, key, "reading") from exc
 
     def put_file(self, key: str, path: Path, progress: Progress | None = None) -> None:
         self.put_files([(key, path)], progress)

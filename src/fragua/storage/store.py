@@ -14,15 +14,30 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 # Called with the number of bytes moved since the last call (boto3's Callback contract).
 Progress = Callable[[int], None]
 LOCAL_COPY_WORKERS = 4
+READ_CHUNK = 1 << 20
+# A local file changed this recently may change again within the same filesystem timestamp
+# tick (1 s on some filesystems) without its mtime/ctime moving: its fingerprint is not settled.
+SETTLE_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What identifies one stored state of an object without reading it."""
+
+    size: int
+    identity: str  # changes whenever the content may have changed (S3: ETag; local: mtime, ctime, inode)
+    settled: bool = True  # False: a write right now might leave ``identity`` unchanged
 
 
 class StoreError(RuntimeError):
@@ -76,6 +91,14 @@ class ObjectStore(ABC):
     @abstractmethod
     def size(self, key: str) -> int:
         """Size of an object in bytes; NotFound if absent."""
+
+    @abstractmethod
+    def fingerprint(self, key: str) -> Fingerprint:
+        """Size and identity of an object, without reading its content; NotFound if absent."""
+
+    @abstractmethod
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        """An object's content, streamed in chunks (never whole in memory); NotFound if absent."""
 
     @abstractmethod
     def list_keys(self, prefix: str) -> list[str]:
@@ -224,6 +247,26 @@ class LocalStore(ObjectStore):
             return self.path(key).stat().st_size
         except FileNotFoundError as exc:
             raise NotFound(f"{key} not found in {self.describe()}") from exc
+
+    def fingerprint(self, key: str) -> Fingerprint:
+        try:
+            stat = self.path(key).stat()
+        except FileNotFoundError as exc:
+            raise NotFound(f"{key} not found in {self.describe()}") from exc
+        changed = max(stat.st_mtime_ns, stat.st_ctime_ns)
+        return Fingerprint(
+            size=stat.st_size,
+            identity=f"{stat.st_ino}:{stat.st_mtime_ns}:{stat.st_ctime_ns}",
+            settled=time.time_ns() - changed > SETTLE_SECONDS * 1e9,
+        )
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        try:
+            handle = self.path(key).open("rb")
+        except FileNotFoundError as exc:
+            raise NotFound(f"{key} not found in {self.describe()}") from exc
+        with handle:
+            yield from iter(lambda: handle.read(READ_CHUNK), b"")
 
     def list_keys(self, prefix: str) -> list[str]:
         # Walk only the folder that holds the prefix, then match it as a string, as S3 does.

@@ -79,6 +79,14 @@ class CheckpointMirror:
             self.objects.delete(base + COMPLETE_MARKER)
             self.objects.delete_many(self.objects.list_keys(base))
 
+    def remove_all(self) -> int:
+        """Delete every mirrored checkpoint of the run (markers first), once its model is published; objects deleted."""
+        markers = [f"{self.prefix}{CHECKPOINT_PREFIX}{step}/{COMPLETE_MARKER}" for step in self.complete_steps()]
+        self.objects.delete_many(markers)
+        rest = self.objects.list_keys(self.prefix)
+        self.objects.delete_many(rest)
+        return len(markers) + len(rest)
+
     def restore(self, checkpoints_dir: Path) -> Path | None:
         """Download the newest sound mirrored checkpoint if no newer sound one is on local disk; returns what was downloaded.
 
