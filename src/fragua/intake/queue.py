@@ -4,10 +4,10 @@ An example is ``pending`` until an autotrain run claims it (``training``); it be
 ``trained`` only when a version trained on it is deployed, and goes back to ``pending``
 when the run fails, is not promoted, or crashed and left its claim older than
 ``intake.claim_timeout_minutes``. A claimed example whose content the production version's
-dataset already holds becomes ``duplicate``: that deployed version names it (``version``) and
-the reason says which split holds it, so no run claims it again and nothing is deleted. Every example carries an idempotency key: posting the
-same key again returns the stored example instead of adding a second one, and reusing a
-key for different content is refused.
+dataset already holds becomes ``duplicate``: ``version`` names that deployed version and the
+reason says which split holds it, so no run claims it again and nothing is deleted. Every
+example carries an idempotency key: posting the same key again returns the stored example
+instead of adding a second one, and reusing a key for different content is refused.
 """
 
 from __future__ import annotations
