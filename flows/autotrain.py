@@ -4,10 +4,13 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from fragua.intake.autotrain import AutotrainResult
-from fragua.intake.queue import new_run_id
+from fragua.intake.autotrain import AutotrainResult, Resolution
+from fragua.intake.queue import Batch, new_run_id
 from fragua.settings import Settings
-from fragua.tasks.intake import batch_settings_task, claim_task, mark_trained_task, pending_count_task, record_skip_task, release_stale_task, release_task
+from fragua.tasks.intake import (
+    batch_settings_task, claim_task, mark_trained_task, pending_count_task, record_skip_task, release_stale_task, release_task,
+    resolve_duplicates_task,
+)
 
 from . import notify_failure
 from .pipeline import pipeline_flow
@@ -27,30 +30,46 @@ def autotrain_flow(settings: Settings | None = None, force: bool = False) -> Aut
         logger.info("%d examples pending, %d needed: nothing to train", pending, needed)
         record_skip_task(settings, run_id, pending, needed, flow_run.id)
         return AutotrainResult(run_id=run_id, state="skipped", pending=pending, needed=needed, released_stale=released)
-    batch = claim_task(settings, run_id, flow_run.id)
-    if batch.size < needed:  # a concurrent run claimed them first
-        release_task(settings, run_id, f"only {batch.size} examples left to claim, {needed} needed", state="skipped")
-        return AutotrainResult(run_id=run_id, state="skipped", pending=batch.size, needed=needed, released_stale=released)
+    claimed = claim_task(settings, run_id, flow_run.id)
     try:
+        # Examples production's dataset already holds would never count as new: resolved now, never claimed again.
+        resolution = resolve_duplicates_task(settings, claimed)
+        batch, duplicates = resolution.batch, resolution.duplicates
+        if batch.size < needed:
+            reason = _too_few_reason(claimed, resolution, needed)
+            release_task(settings, run_id, reason, state="skipped")
+            return AutotrainResult(
+                run_id=run_id, state="nothing-new" if duplicates and not batch.size else "skipped", pending=pending, needed=needed, duplicates=duplicates, released_stale=released, production=resolution.version, reasons=[reason],
+            )
         result = pipeline_flow(batch_settings_task(settings, batch))
     except BaseException as exc:
         release_task(settings, run_id, f"run failed: {type(exc).__name__}: {exc}")
         raise
     outcome = AutotrainResult(
         run_id=run_id, state="trained" if result.promoted else "not-deployed", pending=pending, needed=needed, examples=batch.size,
-        released_stale=released, version=result.version, production=result.production, reasons=result.reasons,
+        duplicates=duplicates, released_stale=released, version=result.version, production=result.production, reasons=result.reasons,
     )
     if result.promoted and result.version:
         mark_trained_task(settings, run_id, result.version)
     else:
         release_task(settings, run_id, "no version was deployed: " + "; ".join(result.reasons), state="not-deployed")
     create_markdown_artifact(
-        f"# Autotrain {run_id}\n\n{batch.size} examples, version `{result.version or '-'}`, production `{result.production or '-'}`, "
+        f"# Autotrain {run_id}\n\n{batch.size} examples ({duplicates} more were duplicates, not trained again), "
+        f"version `{result.version or '-'}`, production `{result.production or '-'}`, "
         f"{'deployed: examples trained' if result.promoted else 'not deployed: examples pending again'}\n\n"
         + "\n".join(f"- {r}" for r in result.reasons),
         key="autotrain", description=f"Autotrain run {run_id}",
     )
     return outcome
+
+
+def _too_few_reason(claimed: Batch, resolution: Resolution, needed: int) -> str:
+    left = resolution.batch.size
+    if not resolution.duplicates:  # a concurrent run claimed them first
+        return f"only {left} examples left to claim, {needed} needed"
+    if left:
+        return f"{resolution.explain(claimed.size)}; {left} new, {needed} needed"
+    return f"nothing new to train: {resolution.explain(claimed.size)}"
 
 
 def forced_autotrain(settings: Settings) -> AutotrainResult:

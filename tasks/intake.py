@@ -38,6 +38,14 @@ def claim_task(settings: Settings, run_id: str, flow_run_id: str | None) -> Batc
     return batch
 
 
+@task(name="resolve-duplicates", **_QUEUE)
+def resolve_duplicates_task(settings: Settings, batch: Batch) -> autotrain.Resolution:
+    resolution = autotrain.resolve_duplicates(settings, batch)
+    if resolution.duplicates and resolution.batch.size:  # with nothing left, the run's end says it
+        get_run_logger().info("%s", resolution.explain(batch.size))
+    return resolution
+
+
 @task(name="write-intake-batch", cache_policy=NO_CACHE)
 def batch_settings_task(settings: Settings, batch: Batch) -> Settings:
     return autotrain.batch_settings(settings, batch)
@@ -53,5 +61,8 @@ def mark_trained_task(settings: Settings, run_id: str, version: str) -> int:
 @task(name="release-examples", **_QUEUE)
 def release_task(settings: Settings, run_id: str, reason: str, state: str = "failed") -> int:
     released = autotrain.open_queue(settings).release(run_id, reason, state=state)
-    get_run_logger().warning("%d examples of run %s are pending again: %s", released, run_id, reason)
+    if released:
+        get_run_logger().warning("%d examples of run %s are pending again: %s", released, run_id, reason)
+    else:
+        get_run_logger().info("run %s: %s", run_id, reason)
     return released

@@ -98,7 +98,7 @@ def test_pending_pages_and_stats(client):
     rest = client.get("/examples/pending", params={"after_id": page["examples"][-1]["id"]}, headers=AUTH).json()
     assert [e["messages"][0]["content"] for e in rest["examples"]] == ["q2"] and rest["examples"][0]["domain"] == "hotel"
     stats = client.get("/stats", headers=AUTH).json()
-    assert stats == {"production_version": None, "examples": {"pending": 3, "training": 0, "trained": 0}, "min_new_examples": 10,
+    assert stats == {"production_version": None, "examples": {"pending": 3, "training": 0, "trained": 0, "duplicate": 0}, "min_new_examples": 10,
                      "last_training": None, "last_run": None}
 
 

@@ -58,7 +58,7 @@ def test_two_thousand_examples_from_twenty_clients_with_retries(api_server, queu
     batching_clients = CLIENTS // 4  # the clients whose examples are all multiples of 4
     assert statuses.count(201) == EXAMPLES - EXAMPLES // 4 + batching_clients  # each single once, each first batch
     stats = httpx.get(f"{api_server.url}/stats", headers=api_server.headers, timeout=30).json()
-    assert stats["examples"] == {"pending": EXAMPLES, "training": 0, "trained": 0}
+    assert stats["examples"] == {"pending": EXAMPLES, "training": 0, "trained": 0, "duplicate": 0}
     queue = IntakeQueue(queue_url)
     stored = [e.idempotency_key for page in (queue.examples("pending", limit=EXAMPLES + 10),) for e in page]
     assert sorted(stored) == sorted(f"load-{i}" for i in range(EXAMPLES))

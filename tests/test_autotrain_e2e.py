@@ -51,7 +51,7 @@ def test_ten_examples_through_the_api_become_a_version_nine_do_nothing(prefect_a
         skipped = autotrain_flow(settings)
         assert (skipped.state, skipped.pending, skipped.needed) == ("skipped", 9, 10)
         assert [m.version for m in open_registry(settings).versions()] == ["fragua-tiny-v1"]
-        assert client.get("/stats", headers=HEADERS).json()["examples"] == {"pending": 9, "training": 0, "trained": 0}
+        assert client.get("/stats", headers=HEADERS).json()["examples"] == {"pending": 9, "training": 0, "trained": 0, "duplicate": 0}
 
         assert client.post("/examples", json=example(9), headers=HEADERS).status_code == 201
         result = autotrain_flow(settings)
@@ -59,7 +59,7 @@ def test_ten_examples_through_the_api_become_a_version_nine_do_nothing(prefect_a
 
         stats = client.get("/stats", headers=HEADERS).json()
         assert stats["production_version"] == "fragua-tiny-v2"
-        assert stats["examples"] == {"pending": 0, "training": 0, "trained": 10}
+        assert stats["examples"] == {"pending": 0, "training": 0, "trained": 10, "duplicate": 0}
         assert stats["last_training"]["version"] == "fragua-tiny-v2" and stats["last_run"]["state"] == "succeeded"
         queue = IntakeQueue.from_settings(settings)
         assert {(e.status, e.version) for e in queue.examples(limit=100)} == {("trained", "fragua-tiny-v2")}

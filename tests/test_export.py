@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from fragua.registry import open_registry
 from fragua.settings import Settings
 
 from .conftest import QUICK
+from .test_cli import fragua_process
 
 pytestmark = pytest.mark.e2e
 
@@ -93,3 +96,121 @@ def test_gguf_runs_the_converter_and_reports_its_failure(published, tmp_path):
     with pytest.raises(ExportError, match=r"(?s)exit 3.*BPE pre-tokenizer was not recognized.*llama.cpp does not know this tokenizer"):
         export_version(settings, version, tmp_path / "out2", merged=True, gguf=True, converter=broken)
     assert not list((tmp_path / "out2").glob("*.gguf"))
+
+
+# Destinations: nothing the user put there is ever deleted ------------------------------------------------------
+
+
+def export_process(settings: Settings, version: str, *args: str) -> tuple[int, str]:
+    """`fragua export` as a user runs it: its own process, what the terminal shows."""
+    return fragua_process("--work-dir", str(settings.work_dir), "--set", "tracking.mode=disabled", "export", version, *args, env=dict(os.environ))
+
+
+def error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("error:")]
+
+
+def test_export_never_deletes_the_users_files_and_overwrite_replaces_only_its_own(published, tmp_path):
+    settings, version = published
+    mine = tmp_path / "mine"
+    for folder in (mine / version, mine / f"{version}-merged"):
+        folder.mkdir(parents=True)
+        (folder / "notes.txt").write_text("my notes")
+        (folder / "config.json").write_text("{\"mine\": true}")
+    for extra in ([], ["--merged"]):
+        code, output = export_process(settings, version, "-o", str(mine), *extra)
+        assert code == 1 and "Traceback" not in output, output
+        [line] = error_lines(output)
+        assert str(mine / (f"{version}-merged" if extra else version)) in line and "pass --overwrite to replace a previous Fragua export" in line
+        # --overwrite replaces only a folder Fragua exported (it has the marker): this one has none
+        code, output = export_process(settings, version, "-o", str(mine), "--overwrite", *extra)
+        assert code == 1 and "Traceback" not in output, output
+        [line] = error_lines(output)
+        assert "is not a Fragua export" in line and "fragua-export.json" in line
+    for folder in (mine / version, mine / f"{version}-merged"):
+        assert {p.name for p in folder.iterdir()} == {"notes.txt", "config.json"} and (folder / "config.json").read_text() == "{\"mine\": true}"
+    assert [p.name for p in mine.iterdir() if p.name.startswith(".")] == []  # no staging folder left behind
+
+    exports = tmp_path / "exports"
+    code, output = export_process(settings, version, "-o", str(exports))
+    assert code == 0, output
+    first = exports / version
+    marker = json.loads((first / "fragua-export.json").read_text())
+    assert marker["version"] == version and marker["kind"] == "copy"
+    assert set(marker["files"]) == {str(p.relative_to(first)) for p in first.rglob("*") if p.is_file()} - {"fragua-export.json"}
+    assert "adapter_model.safetensors" in marker["files"]
+    (first / "Modelfile").write_text("FROM .")  # the user's file next to the export
+    (first / "adapter_model.safetensors").write_bytes(b"damaged")  # a file the export wrote
+
+    code, output = export_process(settings, version, "-o", str(exports))
+    assert code == 1 and "Traceback" not in output and "pass --overwrite" in output, output
+    assert (first / "adapter_model.safetensors").read_bytes() == b"damaged"
+
+    code, output = export_process(settings, version, "-o", str(exports), "--overwrite")
+    assert code == 0, output
+    assert (first / "Modelfile").read_text() == "FROM ."
+    assert (first / "adapter_model.safetensors").read_bytes() == (open_registry(settings).fetch(version) / "adapter_model.safetensors").read_bytes()
+    assert "Modelfile" not in json.loads((first / "fragua-export.json").read_text())["files"]
+    assert sorted(p.name for p in exports.iterdir()) == [version]  # no staging or previous folder left behind
+
+
+def test_overwriting_a_merged_export_keeps_the_users_files(published, tmp_path):
+    settings, version = published
+    exports = tmp_path / "exports"
+    assert export_process(settings, version, "-o", str(exports), "--merged")[0] == 0
+    merged = exports / f"{version}-merged"
+    (merged / "Modelfile").write_text("FROM .")
+    (merged / "eval").mkdir()
+    (merged / "eval" / "my-results.csv").write_text("a,b\n")
+    code, output = export_process(settings, version, "-o", str(exports), "--merged", "--overwrite")
+    assert code == 0, output
+    assert (merged / "Modelfile").read_text() == "FROM ." and (merged / "eval" / "my-results.csv").read_text() == "a,b\n"
+    assert (merged / "model.safetensors").is_file() and json.loads((merged / "fragua-export.json").read_text())["kind"] == "merged"
+
+
+def test_a_users_file_named_like_an_export_file_stops_the_overwrite(published, tmp_path):
+    settings, version = published
+    exports = tmp_path / "exports"
+    export_version(settings, version, exports, merged=False)
+    folder = exports / version
+    marker = json.loads((folder / "fragua-export.json").read_text())
+    (folder / "fragua-export.json").write_text(json.dumps({**marker, "files": [f for f in marker["files"] if f != "README.md"]}))
+    (folder / "README.md").write_text("my own readme")  # not listed: the user's, though the new export writes one
+    from fragua.registry.export import ExportError
+
+    with pytest.raises(ExportError, match="README.md"):
+        export_version(settings, version, exports, merged=False, overwrite=True)
+    assert (folder / "README.md").read_text() == "my own readme"
+    assert sorted(p.name for p in exports.iterdir()) == [version]
+
+
+def test_output_naming_a_file_is_one_clear_line(published, tmp_path):
+    settings, version = published
+    taken = tmp_path / "model.bin"
+    taken.write_bytes(b"user data")
+    for output in (taken, taken / "below"):
+        code, text = export_process(settings, version, "-o", str(output))
+        assert code == 1 and "Traceback" not in text and "NotADirectoryError" not in text, text
+        [line] = error_lines(text)
+        assert str(taken) in line
+    assert taken.read_bytes() == b"user data"
+
+
+def test_gguf_refuses_a_file_it_did_not_write_even_with_overwrite(published, tmp_path):
+    from fragua.registry.export import ExportError
+
+    settings, version = published
+    converter = tmp_path / "convert_hf_to_gguf.py"
+    converter.write_text("import sys, pathlib\npathlib.Path(sys.argv[3]).write_bytes(b'GGUF')\n")
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    (exports / f"{version}.gguf").write_bytes(b"my own gguf")
+    for overwrite in (False, True):
+        with pytest.raises(ExportError, match=f"{version}.gguf"):
+            export_version(settings, version, exports, merged=True, gguf=True, converter=converter, overwrite=overwrite)
+    assert (exports / f"{version}.gguf").read_bytes() == b"my own gguf" and not (exports / f"{version}-merged").exists()
+    (exports / f"{version}.gguf").unlink()
+    export_version(settings, version, exports, merged=True, gguf=True, converter=converter)
+    (exports / f"{version}.gguf").write_bytes(b"old")
+    outcome = export_version(settings, version, exports, merged=True, gguf=True, converter=converter, overwrite=True)  # its own: replaced
+    assert Path(outcome.gguf).read_bytes() == b"GGUF"

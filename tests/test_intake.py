@@ -30,7 +30,7 @@ def test_same_key_same_content_is_a_retry_different_content_a_conflict(queue):
     assert first.created and not again.created and again.example.id == first.example.id
     with pytest.raises(IdempotencyConflict, match="k-1"):
         queue.add(qa(2), key="k-1")
-    assert queue.counts() == {"pending": 1, "training": 0, "trained": 0}
+    assert queue.counts() == {"pending": 1, "training": 0, "trained": 0, "duplicate": 0}
 
 
 def test_examples_without_a_key_are_never_merged(queue):
@@ -59,11 +59,11 @@ def test_lifecycle_pending_training_trained(queue):
     for i in range(3):
         queue.add(qa(i))
     batch = queue.claim("run-a", limit=2)
-    assert batch.size == 2 and queue.counts() == {"pending": 1, "training": 2, "trained": 0}
+    assert batch.size == 2 and queue.counts() == {"pending": 1, "training": 2, "trained": 0, "duplicate": 0}
     assert queue.claim("run-b").size == 1  # concurrent runs never share an example
     assert queue.release("run-b", "validation failed") == 1
     assert queue.mark_trained("run-a", "fragua-tiny-v3") == 2
-    assert queue.counts() == {"pending": 1, "training": 0, "trained": 2}
+    assert queue.counts() == {"pending": 1, "training": 0, "trained": 2, "duplicate": 0}
     trained = queue.examples("trained")
     assert {e.version for e in trained} == {"fragua-tiny-v3"} and all(e.trained_at for e in trained)
     [pending] = queue.examples("pending")

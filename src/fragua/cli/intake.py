@@ -114,6 +114,11 @@ def status(ctx: typer.Context) -> None:
         *counts.items(),
         ("autotrain needs", f"{settings.intake.min_new_examples} pending"),
     ]))
+    duplicates = queue.examples("duplicate", limit=5)
+    for example in duplicates:
+        console.print(f"example {example.id} ({example.idempotency_key}): {example.last_error}", highlight=False, soft_wrap=True)
+    if counts["duplicate"] > len(duplicates):
+        console.print(f"... and {counts['duplicate'] - len(duplicates)} more duplicates", highlight=False)
     runs = queue.runs(10)
     if runs:
         console.print(autotrain_runs_table(runs))

@@ -76,17 +76,23 @@ def history(ctx: typer.Context) -> None:
 def export(
     ctx: typer.Context,
     version: str = typer.Argument(..., help="Version to export, e.g. fragua-tiny-v2."),
-    output: Path = typer.Option(Path("exports"), "--output", "-o", help="Folder to write into."),
+    output: Path = typer.Option(Path("exports"), "--output", "-o", help="Folder to write into (the export lands in OUTPUT/VERSION or OUTPUT/VERSION-merged)."),
     merged: bool = typer.Option(False, "--merged", help="Merge the adapter into its base model (peft merge_and_unload) and save safetensors."),
     gguf: bool = typer.Option(False, "--gguf", help="Also write a GGUF file for Ollama/llama.cpp (implies --merged; needs llama.cpp's converter)."),
     gguf_type: str = typer.Option("f16", "--gguf-type", help="GGUF tensor type: f32, f16, bf16, q8_0 or auto."),
     converter: Optional[Path] = typer.Option(None, "--converter", help="Path of llama.cpp's convert_hf_to_gguf.py.", envvar="GGUF_CONVERTER"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite",
+        help="Replace a previous Fragua export of this version (only the files it wrote; your own files next to them stay). Other folders are never replaced.",
+    ),
 ) -> None:
     """Write a verified copy of a version: as stored, merged into its base (safetensors), or GGUF."""
     from fragua.jobs.registry import export_version
 
     settings = load_settings(ctx)
-    outcome = run_step(lambda: export_version(settings, version, output, merged=merged or gguf, gguf=gguf, converter=converter, gguf_type=gguf_type))
+    outcome = run_step(lambda: export_version(
+        settings, version, output, merged=merged or gguf, gguf=gguf, converter=converter, gguf_type=gguf_type, overwrite=overwrite
+    ))
     rows = [("model", outcome.folder), ("merged", outcome.merged), ("gguf", outcome.gguf or "-")]
     rows.append(("load with", f"AutoModelForCausalLM.from_pretrained({outcome.folder!r})" if outcome.merged else f"see {outcome.folder}/README.md"))
     console.print(kv_table(f"Export of {version}", rows))

@@ -111,10 +111,13 @@ def _autotrain(ctx: typer.Context, force: bool, deployment: bool) -> None:
 
     with training_progress_bar():
         result = run_flow(lambda: autotrain_flow(settings, force=force))
-    if result.state == "skipped":
-        console.print(f"{result.pending} examples pending, {result.needed} needed: nothing to train", highlight=False)
+    if result.state in ("skipped", "nothing-new"):
+        console.print(result.reasons[0] if result.reasons else f"{result.pending} examples pending, {result.needed} needed: nothing to train",
+                      highlight=False)
         return
     colour = "green" if result.state == "trained" else "red"
     console.print(f"[{colour}]{result.state}[/{colour}]: {result.examples} examples, version {result.version or '-'}, production {result.production or '-'}", highlight=False)
     for reason in result.reasons:
         console.print(f"  {reason}", highlight=False)
+    if result.duplicates:
+        console.print(f"  {result.duplicates} claimed examples were already in production's dataset: marked duplicate, not trained again", highlight=False)

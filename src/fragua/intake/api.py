@@ -97,7 +97,7 @@ class PendingOut(BaseModel):
 
 class StatsOut(BaseModel):
     production_version: str | None
-    examples: dict[str, int] = Field(description="Examples per status: pending, training, trained.")
+    examples: dict[str, int] = Field(description="Examples per status: pending, training, trained, duplicate (already in production's dataset).")
     min_new_examples: int
     last_training: dict[str, Any] | None = Field(description="The last autotrain run that deployed a version.")
     last_run: dict[str, Any] | None = Field(description="The last autotrain run that was not skipped, with its state.")

@@ -3,9 +3,11 @@
 An example is ``pending`` until an autotrain run claims it (``training``); it becomes
 ``trained`` only when a version trained on it is deployed, and goes back to ``pending``
 when the run fails, is not promoted, or crashed and left its claim older than
-``intake.claim_timeout_minutes``. Every example carries an idempotency key: posting the
-same key again returns the stored example instead of adding a second one, and reusing a
-key for different content is refused.
+``intake.claim_timeout_minutes``. A claimed example whose content the production version's
+dataset already holds becomes ``duplicate``: ``version`` names that deployed version and the
+reason says which split holds it, so no run claims it again and nothing is deleted. Every
+example carries an idempotency key: posting the same key again returns the stored example
+instead of adding a second one, and reusing a key for different content is refused.
 
 Every statement works the same on SQLite and PostgreSQL (the queue's tests run on both): a
 claim is one UPDATE over candidates PostgreSQL locks with ``FOR UPDATE SKIP LOCKED`` (SQLite
@@ -34,8 +36,8 @@ from fragua.data.formats.adapt import adapt_row
 from fragua.data.records import Message, RecordDraft, RowError, content_key, record_id
 from fragua.settings import Settings
 
-Status = Literal["pending", "training", "trained"]
-STATUSES: tuple[Status, ...] = ("pending", "training", "trained")
+Status = Literal["pending", "training", "trained", "duplicate"]
+STATUSES: tuple[Status, ...] = ("pending", "training", "trained", "duplicate")
 KEY_MAX = 200
 
 
@@ -449,6 +451,18 @@ class IntakeQueue:
                 session.execute(update(RunRow).where(RunRow.id == run_id).values(state="succeeded", version=version, finished_at=_now()))
         return int(done or 0)
 
+    def mark_duplicates(self, run_id: str, reasons: dict[int, str], version: str) -> int:
+        """This run's claimed examples whose content ``version`` already holds: ``duplicate``, with the reason."""
+        done = 0
+        with self._session() as session, session.begin():
+            for reason in set(reasons.values()):
+                ids = [example_id for example_id, why in reasons.items() if why == reason]
+                done += session.execute(
+                    update(ExampleRow).where(ExampleRow.id.in_(ids), ExampleRow.batch_id == run_id, ExampleRow.status == "training")
+                    .values(status="duplicate", version=version, claimed_at=None, last_error=reason[:2000])
+                ).rowcount or 0
+        return done
+
     def release(self, run_id: str, reason: str, *, state: str = "failed") -> int:
         with self._session() as session, session.begin():
             released = session.execute(
@@ -460,7 +474,8 @@ class IntakeQueue:
 
     def batch_rows(self, run_id: str) -> Iterator[dict[str, Any]]:
         with self._session() as session:
-            for row in session.scalars(select(ExampleRow).where(ExampleRow.batch_id == run_id).order_by(ExampleRow.id)):
+            query = select(ExampleRow).where(ExampleRow.batch_id == run_id, ExampleRow.status == "training").order_by(ExampleRow.id)
+            for row in session.scalars(query):
                 yield dataset_row(row)
 
     def trained_rows(self) -> Iterator[dict[str, Any]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -196,27 +195,37 @@ def export_version(
     gguf: bool = False,
     converter: Path | None = None,
     gguf_type: str = "f16",
+    overwrite: bool = False,
 ) -> ExportOutcome:
     """A verified copy of ``version`` under ``output``: as stored, merged (safetensors) and/or GGUF.
 
-    GGUF needs a merged model and llama.cpp's converter; without the converter this raises
-    ExportError naming what to install, after the merged model was written."""
-    from fragua.registry.export import INSTALL_CONVERTER, ExportError, convert_to_gguf, find_converter, merge_version
+    What is already there is refused (checked before any work), except, with ``overwrite``, a
+    previous Fragua export, of which only the files it wrote are replaced. GGUF needs a merged
+    model and llama.cpp's converter; without the converter this raises ExportError naming what
+    to install, after the merged model was written."""
+    from fragua.registry.export import (
+        INSTALL_CONVERTER, ExportError, check_file_destination, convert_to_gguf, copy_version, find_converter, merge_version,
+        prepare_output, previous_export, record_gguf,
+    )
 
+    output = prepare_output(output)
+    target = output / (f"{version}-merged" if merged or gguf else version)
+    previous = previous_export(target, overwrite=overwrite)
+    gguf_file = output / f"{version}.gguf"
+    if gguf:
+        check_file_destination(gguf_file, previous, overwrite=overwrite)
     registry = open_registry(settings)
     manifest = registry.manifest(version)
     local = registry.fetch(version)
-    output = output.expanduser().resolve()
     if not (merged or gguf):
-        target = output / version
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(local, target)
-        return ExportOutcome(version=version, folder=str(target), merged=False)
-    folder = merge_version(local, manifest, output / f"{version}-merged", settings.train)
+        folder = copy_version(local, target, version, overwrite=overwrite)
+        return ExportOutcome(version=version, folder=str(folder), merged=False)
+    folder = merge_version(local, manifest, target, settings.train, overwrite=overwrite)
     if not gguf:
         return ExportOutcome(version=version, folder=str(folder), merged=True)
     found = find_converter(converter)
     if found is None:
         raise ExportError(f"{INSTALL_CONVERTER}\nmerged model: {folder}")
-    gguf_file = convert_to_gguf(folder, output / f"{version}.gguf", found, outtype=gguf_type)
+    convert_to_gguf(folder, gguf_file, found, outtype=gguf_type)
+    record_gguf(folder, gguf_file)
     return ExportOutcome(version=version, folder=str(folder), merged=True, gguf=str(gguf_file))
