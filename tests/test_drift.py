@@ -56,3 +56,12 @@ def test_the_score_cache_merges_and_survives_a_reload(tmp_path):
     cache.save("runs", "r1", {"q3": result("q3", 0.1)}, merge=False)
     cache.save("runs", "r1", {"q4": result("q4", 0.1)}, merge=False)
     assert set(cache.load("runs", "r1")) == {"q4"}
+
+
+def test_a_pinned_reference_must_be_a_version_name():
+    import pytest
+    from pydantic import ValidationError
+
+    assert ValidateSettings(reference_version="fragua-tiny-v3").reference_version == "fragua-tiny-v3"
+    with pytest.raises(ValidationError, match="reference_version"):
+        ValidateSettings(reference_version="../fragua-tiny-v3")

@@ -123,15 +123,20 @@ def reference_comparison(settings: Settings, dataset_id: str, run_id: str) -> Re
     candidate = {k: v for k, v in score_cache(settings).load("runs", run_id).items() if k in items}
     if not candidate:
         raise FileNotFoundError(f"run {run_id} has no per-question scores under {settings.work_path / 'scores'}; evaluate it first")
-    registry = open_registry(settings)
+    registry, cache = open_registry(settings), score_cache(settings)
     pinned = settings.validate.reference_version
     if pinned:
-        if not score_cache(settings).load("versions", pinned):
+        if not cache.load("versions", pinned):
             registry.manifest(pinned)  # names the known versions when the pinned one does not exist
         versions = [pinned]
     else:
         versions = promoted_versions(registry)
-    references = {version: version_scores(settings, registry, version, items) for version in versions}
+    # The best is chosen on the scores cached so far; only that version is scored on today's new
+    # questions, so a long history costs one evaluation per cycle, not one per promoted version.
+    cached = {version: {k: v for k, v in cache.load("versions", version).items() if k in items} for version in versions}
+    chosen = best_reference(candidate, cached, settings.validate, pinned=bool(pinned))
+    scoring = [chosen.version] if chosen else versions  # nothing cached yet (an older registry): score them all once
+    references = {version: version_scores(settings, registry, version, items) for version in scoring}
     return best_reference(candidate, references, settings.validate, pinned=bool(pinned))
 
 
