@@ -25,7 +25,7 @@ def validate_flow(settings: Settings | None = None, run_id: str | None = None) -
     production = None
     if production_state is not None:
         production = evaluate_version_task(settings, dataset_id, production_state.version)
-    # After production: its scores are cached by then, so the drift guard scores only other promoted versions.
+    # After production, whose scores are cached by then: the drift guard scores at most one more version.
     reference = reference_task(settings, dataset_id, run.run_id)
     outcome = record_validation_task(
         settings, run.run_id, dataset_id, candidate, base, production,

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from fragua.data.records import Message
 from fragua.settings import ValidateSettings
-from fragua.validate.drift import ScoreCache, best_reference, compare_on_shared, question_key, scoring_key
+from fragua.validate.drift import (
+    ScoreCache,
+    best_reference,
+    compare_on_shared,
+    question_key,
+    scoring_key,
+)
 from fragua.validate.scoring import EvalItem, ItemResult
 
 

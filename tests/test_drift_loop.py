@@ -66,7 +66,7 @@ class ScriptedQuality:
         ]
 
 
-@pytest.mark.slow(seconds=180)
+@pytest.mark.slow(seconds=90)
 def test_the_loop_stops_promoting_once_tolerated_drops_add_up_and_still_promotes_improvements(prefect_api, tiny_base, tmp_path, monkeypatch):
     from fragua.flows.pipeline import pipeline_flow
 

@@ -118,8 +118,8 @@ def validation_report(
         "## Candidate vs production vs base",
         "",
         overall_comparison(candidate, production, production_label, base),
-        *([f"## Candidate vs {'reference' if reference.pinned else 'best promoted version'} `{reference.version}` "
-           f"({reference.shared} shared questions)", "", reference_comparison_table(reference)] if reference else []),
+        *([(f"## Candidate vs {'reference' if reference.pinned else 'best promoted version'} `{reference.version}` "
+            f"({reference.shared} shared questions)"), "", reference_comparison_table(reference)] if reference else []),
         "## Per domain",
         "",
         table(
