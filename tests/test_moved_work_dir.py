@@ -32,7 +32,7 @@ QUICK = {
 }
 
 
-@pytest.mark.slow(seconds=150)
+@pytest.mark.slow(seconds=40)
 def test_autotrain_rollback_export_and_chat_work_after_the_work_directory_moved(prefect_api, tmp_path, monkeypatch):
     env = {**QUICK, "FRAGUA_DATA__SOURCES": json.dumps([{"path": str(EXAMPLES / "batch1")}])}
     for name, value in env.items():
