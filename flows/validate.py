@@ -6,34 +6,35 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from fragua.jobs.validate import ValidationOutcome
 from fragua.reports.validation import comparison_rows, validation_report
 from fragua.settings import Settings
-from fragua.tasks.registry import fetch_task, production_task
-from fragua.tasks.validate import evaluate_task, load_run_task, record_validation_task
+from fragua.tasks.registry import production_task
+from fragua.tasks.validate import evaluate_task, evaluate_version_task, load_run_task, record_validation_task, reference_task
 
 from . import notify_failure
 
 
 @flow(name="validate", on_failure=[notify_failure])
 def validate_flow(settings: Settings | None = None, run_id: str | None = None) -> ValidationOutcome:
-    """Score a trained run, the base model and the production version on one validation set; apply the gates."""
+    """Score a trained run, the base model, the production version and the best promoted version on one validation set; apply the gates."""
     settings = settings or Settings.load()
     run = load_run_task(settings, run_id)
     record = run.record()
     dataset_id = record.dataset_id
-    candidate = evaluate_task(settings, dataset_id, str(run.model_dir), name="candidate")
+    candidate = evaluate_task(settings, dataset_id, str(run.model_dir), name="candidate", run_id=run.run_id)
     base = evaluate_task(settings, dataset_id, record.base_model, name="base")
     production_state = production_task(settings)
     production = None
     if production_state is not None:
-        folder = fetch_task(settings, production_state.version)
-        production = evaluate_task(settings, dataset_id, str(folder), name=production_state.version)
+        production = evaluate_version_task(settings, dataset_id, production_state.version)
+    # After production, whose scores are cached by then: the drift guard scores at most one more version.
+    reference = reference_task(settings, dataset_id, run.run_id)
     outcome = record_validation_task(
         settings, run.run_id, dataset_id, candidate, base, production,
-        production_state.version if production_state else None,
+        production_state.version if production_state else None, reference,
     )
     # The UI cannot open the run folder, so the artifact lists the plots by path instead of embedding them.
     report = validation_report(
         run_id=outcome.run_id, dataset_id=dataset_id, candidate=candidate, base=base, production=production,
-        production_version=outcome.production_version, decision=outcome.decision, plots=outcome.plots, embed_plots=False,
+        production_version=outcome.production_version, decision=outcome.decision, reference=reference, plots=outcome.plots, embed_plots=False,
     )
     create_markdown_artifact(report, key="validation-report", description=f"Validation of run {run.run_id}")
     production_label = f"production {outcome.production_version}" if outcome.production_version else "production"

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -25,11 +24,6 @@ def production_task(settings: Settings) -> AliasState | None:
     state = open_registry(settings).production()
     get_run_logger().info("production: %s", state.version if state else "none yet")
     return state
-
-
-@task(name="fetch-version", **_STORAGE)
-def fetch_task(settings: Settings, version: str) -> Path:
-    return open_registry(settings).fetch(version)
 
 
 @task(name="publish-version", **_STORAGE)

@@ -5,10 +5,24 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from fragua.jobs.validate import ValidationOutcome, evaluate_model, load_run, load_validation, record_validation
+from fragua.jobs.validate import (
+    ValidationOutcome,
+    evaluate_model,
+    evaluate_version,
+    load_run,
+    load_validation,
+    record_validation,
+    reference_comparison,
+)
 from fragua.settings import Settings
 from fragua.train.runs import RunFolder
+from fragua.validate.drift import ReferenceComparison
 from fragua.validate.scoring import Evaluation
+
+from . import STORAGE_RETRY_DELAYS, transient_only
+
+# Fetching a version can hit a storage outage; a retry re-scores only what was not cached yet.
+_STORAGE = dict(retries=3, retry_delay_seconds=STORAGE_RETRY_DELAYS, retry_condition_fn=transient_only, cache_policy=NO_CACHE)
 
 
 @task(name="load-run", cache_policy=NO_CACHE)
@@ -16,13 +30,32 @@ def load_run_task(settings: Settings, run_id: str | None) -> RunFolder:
     return load_run(settings, run_id)
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(settings: Settings, dataset_id: str, model_path: str, name: str) -> Evaluation:
-    evaluation = evaluate_model(settings, dataset_id, model_path, name=name)
+def _log_scores(name: str, evaluation: Evaluation) -> None:
     overall = evaluation.overall
     scores = ", ".join(f"{metric} {overall.value(metric):.4f}" for metric in ["loss", "perplexity", *overall.measured()] if overall.value(metric) is not None)
     get_run_logger().info("%s on %d examples: %s", name, overall.n, scores)
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(settings: Settings, dataset_id: str, model_path: str, name: str, run_id: str | None = None) -> Evaluation:
+    evaluation = evaluate_model(settings, dataset_id, model_path, name=name, run_id=run_id)
+    _log_scores(name, evaluation)
     return evaluation
+
+
+@task(name="evaluate-version", **_STORAGE)
+def evaluate_version_task(settings: Settings, dataset_id: str, version: str) -> Evaluation:
+    evaluation = evaluate_version(settings, dataset_id, version)
+    _log_scores(version, evaluation)
+    return evaluation
+
+
+@task(name="best-reference", **_STORAGE)
+def reference_task(settings: Settings, dataset_id: str, run_id: str) -> ReferenceComparison | None:
+    reference = reference_comparison(settings, dataset_id, run_id)
+    if reference is not None:
+        get_run_logger().info("drift guard: compared with %s on %d shared validation questions", reference.version, reference.shared)
+    return reference
 
 
 @task(name="record-validation", cache_policy=NO_CACHE)
@@ -34,8 +67,9 @@ def record_validation_task(
     base: Evaluation | None,
     production: Evaluation | None,
     production_version: str | None,
+    reference: ReferenceComparison | None = None,
 ) -> ValidationOutcome:
-    outcome = record_validation(settings, run_id, dataset_id, candidate, base, production, production_version)
+    outcome = record_validation(settings, run_id, dataset_id, candidate, base, production, production_version, reference)
     logger = get_run_logger()
     logger.info("validation %s", "passed" if outcome.decision.passed else "FAILED")
     for reason in outcome.decision.reasons:

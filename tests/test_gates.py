@@ -106,3 +106,36 @@ def test_settings_reject_bad_gate_configuration():
         ValidateSettings(min_metrics={"perplexity": 0.5})
     with pytest.raises(ValidationError):
         ValidateSettings(primary_metric="accuracy")
+
+
+def test_a_tolerated_drop_from_production_fails_when_it_adds_up_to_too_much_below_the_best_version():
+    from fragua.validate.drift import ReferenceComparison
+
+    settings = ValidateSettings(min_score=0.05, regression_tolerance=0.05, max_drop_from_best=0.06)
+    best = ReferenceComparison(version="acme-tiny-v1", pinned=False, shared=8, candidate=scores(token_f1=0.36), reference=scores(token_f1=0.45))
+    decision = decide(scores(token_f1=0.40), settings, production=scores(token_f1=0.42), production_version="acme-tiny-v3", reference=best)
+    assert not decision.passed and decision.failed_metrics == ["token_f1"] and decision.best_version == "acme-tiny-v1"
+    assert decision.reasons[0] == (
+        "FAIL token_f1 0.3600 < best promoted acme-tiny-v1's 0.4500 - validate.max_drop_from_best 0.0600 "
+        "on the 8 questions both were scored on (a drop of 0.0900)"
+    )
+    assert "PASS token_f1 0.4000 >= production acme-tiny-v3's 0.4200 - validate.regression_tolerance 0.0500" in decision.reasons
+
+    within = best.model_copy(update={"candidate": scores(token_f1=0.40)})
+    assert decide(scores(token_f1=0.40), settings, production=scores(token_f1=0.42), reference=within).passed
+    pinned = best.model_copy(update={"pinned": True})
+    failed = decide(scores(token_f1=0.40), settings, reference=pinned).reasons[0]
+    assert failed.startswith("FAIL token_f1 0.3600 < reference acme-tiny-v1 (validate.reference_version)'s 0.4500")
+
+
+def test_the_drift_gate_checks_every_gated_metric_and_skips_what_the_shared_questions_cannot_measure():
+    from fragua.validate.drift import ReferenceComparison
+
+    settings = ValidateSettings(min_score=0.0, min_metrics={"rouge_l": 0.1, "mc_accuracy": 0.1}, max_drop_from_best=0.05)
+    best = ReferenceComparison(
+        version="acme-tiny-v2", pinned=False, shared=5,
+        candidate=scores(token_f1=0.5, rouge_l=0.3), reference=scores(token_f1=0.5, rouge_l=0.4),
+    )
+    decision = decide(scores(token_f1=0.5, rouge_l=0.3, mc_accuracy=0.5), settings, reference=best)
+    assert decision.failed_metrics == ["rouge_l"]
+    assert not any("mc_accuracy" in r and "best promoted" in r for r in decision.reasons)

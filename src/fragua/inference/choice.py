@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from fragua.models.identity import locate_base
 from fragua.models.loading import LoadedModel, load_for_inference
 from fragua.registry import open_registry
 from fragua.registry.versions import PRODUCTION, RegistryError
@@ -48,7 +49,7 @@ def resolve_model(settings: Settings, *, version: str | None = None, alias: str 
         folder=str(folder),
         version=version,
         alias=alias,
-        base_model=manifest.lineage.get("base_model"),
+        base_model=locate_base(manifest.lineage, settings.base_model_ref),
     )
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from fragua.data.store import open_dataset_store
-from fragua.jobs.validate import load_validation
+from fragua.jobs.validate import keep_scores_as_version, load_validation
+from fragua.models.identity import base_model_identity, locate_base
 from fragua.models.loading import load_for_inference
 from fragua.registry import open_registry
 from fragua.registry.versions import PREVIOUS, PRODUCTION, AliasState, CleanupReport, Registry, RegistryError, VersionManifest, size_label
@@ -76,6 +77,7 @@ def publish_run(settings: Settings, run_id: str, *, flow_run_id: str | None = No
         "decision": validation.decision.model_dump(),
         "lineage": {
             "base_model": record.base_model,
+            "base_model_id": base_model_identity(record.base_model),
             "method": train_report.method,
             "parent_version": production.version if production else None,
             "trained_from": train_report.parent_version,
@@ -111,6 +113,7 @@ def publish_run(settings: Settings, run_id: str, *, flow_run_id: str | None = No
         }
     )
     manifest = registry.publish(version, files, manifest_fields)
+    keep_scores_as_version(settings, run_id, manifest.version)
     _remove_mirrored_checkpoints(settings, run_id)
     return manifest
 
@@ -142,7 +145,7 @@ def verify_version(settings: Settings, version: str) -> str:
     registry = open_registry(settings)
     manifest = registry.manifest(version)
     folder = registry.fetch(version)
-    loaded = load_for_inference(folder, settings.train, base_model=manifest.lineage.get("base_model"))
+    loaded = load_for_inference(folder, settings.train, base_model=locate_base(manifest.lineage, settings.base_model_ref))
     prompt = generation_prompt(loaded.tokenizer, [Message(role="user", content=SMOKE_QUESTION)])
     inputs = loaded.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(loaded.model.device)
     output = loaded.model.generate(**inputs, max_new_tokens=8, do_sample=False, eos_token_id=stop_token_ids(loaded.tokenizer), pad_token_id=loaded.tokenizer.pad_token_id)
@@ -220,7 +223,9 @@ def export_version(
     if not (merged or gguf):
         folder = copy_version(local, target, version, overwrite=overwrite)
         return ExportOutcome(version=version, folder=str(folder), merged=False)
-    folder = merge_version(local, manifest, target, settings.train, overwrite=overwrite)
+    # The base is looked up by content: a work directory moved since training still exports.
+    located = manifest.model_copy(update={"lineage": {**manifest.lineage, "base_model": locate_base(manifest.lineage, settings.base_model_ref)}})
+    folder = merge_version(local, located, target, settings.train, overwrite=overwrite)
     if not gguf:
         return ExportOutcome(version=version, folder=str(folder), merged=True)
     found = find_converter(converter)

@@ -16,6 +16,7 @@ from fragua.data.remote import stream_records
 from fragua.data.store import DatasetStore, open_dataset_store
 from fragua.integrations.tracking import tracking_run
 from fragua.jobs.data import dataset_split, streamed_split
+from fragua.models.identity import base_model_identity, same_base
 from fragua.models.loading import ModelLoadError, is_adapter
 from fragua.models.tiny import ensure_base_model
 from fragua.registry import open_registry
@@ -57,10 +58,12 @@ def incremental_start(
         return None
     manifest = registry.manifest(production.version)
     lineage = manifest.lineage
-    if lineage.get("base_model") != base:
+    if not same_base(lineage, base):
+        trained_from = lineage.get("base_model_id") or lineage.get("base_model")
         raise ModelLoadError(
             f"incremental training continues production version {production.version}, which was trained from base model "
-            f"{lineage.get('base_model')!r}, but train.base_model resolves to {base!r}; use the same base model or set train.incremental=false"
+            f"{trained_from!r} (recorded at {lineage.get('base_model')!r}), but train.base_model resolves to {base!r} "
+            f"({base_model_identity(base)}); use the same base model or set train.incremental=false"
         )
     if (lineage.get("method") == "full") != (settings.train.method == "full"):
         raise ValueError(

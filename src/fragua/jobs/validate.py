@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -9,13 +10,19 @@ from pydantic import BaseModel, Field
 from fragua.data.store import open_dataset_store
 from fragua.integrations.tracking import tracking_run
 from fragua.jobs.data import dataset_split
+from fragua.models.identity import locate_base
 from fragua.models.loading import load_for_inference
+from fragua.registry import open_registry
+from fragua.registry.versions import PRODUCTION, Registry, RegistryError
 from fragua.reports.validation import validation_report
 from fragua.settings import Settings
 from fragua.train.runs import RunFolder
+from fragua.validate.drift import ReferenceComparison, ScoreCache, best_reference, question_key, scoring_key
 from fragua.validate.gates import Decision, decide
 from fragua.validate.plots import loss_curve, metric_bars
-from fragua.validate.scoring import Evaluation, evaluate
+from fragua.validate.scoring import EvalItem, Evaluation, ItemResult, score_items, spread_samples, summarize
+
+logger = logging.getLogger("fragua.jobs")
 
 
 class ValidationOutcome(BaseModel):
@@ -25,6 +32,7 @@ class ValidationOutcome(BaseModel):
     base: Evaluation | None
     production: Evaluation | None
     production_version: str | None
+    reference: ReferenceComparison | None = Field(None, description="Candidate vs the best promoted (or pinned) version on shared questions.")
     decision: Decision
     report_path: str
     eval_path: str
@@ -36,11 +44,107 @@ def load_run(settings: Settings, run_id: str | None) -> RunFolder:
     return RunFolder.find(settings.runs_path, run_id)
 
 
-def evaluate_model(settings: Settings, dataset_id: str, model_path: str, *, name: str) -> Evaluation:
-    dataset = open_dataset_store(settings).find(dataset_id)
-    records = dataset_split(settings, dataset, "validation")
-    loaded = load_for_inference(model_path, settings.train)
-    return evaluate(loaded.model, loaded.tokenizer, records, settings.validate, max_length=settings.train.max_seq_length, name=name)
+def score_cache(settings: Settings) -> ScoreCache:
+    return ScoreCache(settings.work_path / "scores", scoring_key(settings.validate, settings.train.max_seq_length))
+
+
+def validation_items(settings: Settings, dataset_id: str) -> dict[str, EvalItem]:
+    """The validation questions (validate.max_examples of them at most), keyed by content hash."""
+    records = dataset_split(settings, open_dataset_store(settings).find(dataset_id), "validation")
+    if settings.validate.max_examples:
+        records = records[: settings.validate.max_examples]
+    if not records:
+        raise ValueError("nothing to evaluate: the validation split is empty")
+    items = [EvalItem.from_record(r) for r in records]
+    return {question_key(item): item for item in items}
+
+
+def _score(settings: Settings, model_path: str, items: list[EvalItem], base_model: str | None = None) -> list[ItemResult]:
+    loaded = load_for_inference(model_path, settings.train, base_model=base_model)
+    return score_items(loaded.model, loaded.tokenizer, items, settings.validate, max_length=settings.train.max_seq_length)
+
+
+def _evaluation(settings: Settings, name: str, results: list[ItemResult]) -> Evaluation:
+    overall, per_domain = summarize(results, bleu_tokenize=settings.validate.bleu_tokenize)
+    return Evaluation(model=name, overall=overall, per_domain=per_domain, samples=spread_samples(results, settings.validate.report_samples))
+
+
+def evaluate_model(settings: Settings, dataset_id: str, model_path: str, *, name: str, run_id: str | None = None) -> Evaluation:
+    """Score a model on the validation split; with ``run_id``, keep its per-question scores for the drift gate."""
+    items = validation_items(settings, dataset_id)
+    results = _score(settings, model_path, list(items.values()))
+    if run_id is not None:
+        score_cache(settings).save("runs", run_id, dict(zip(items, results)), merge=False)
+    return _evaluation(settings, name, results)
+
+
+def version_scores(settings: Settings, registry: Registry, version: str, items: dict[str, EvalItem]) -> dict[str, ItemResult]:
+    """A version's scores on ``items``: cached ones, the rest scored now and cached. A version
+    that is gone from the registry (retention) keeps only its cached scores."""
+    cache = score_cache(settings)
+    cached = cache.load("versions", version)
+    missing = [key for key in items if key not in cached]
+    if missing:
+        try:
+            manifest = registry.manifest(version)
+        except RegistryError:
+            logger.info("version %s is gone from the registry: compared on its %d cached scores only", version, len(cached))
+            return {k: v for k, v in cached.items() if k in items}
+        folder = registry.fetch(version)
+        base = locate_base(manifest.lineage, settings.base_model_ref)
+        scored = dict(zip(missing, _score(settings, str(folder), [items[k] for k in missing], base_model=base)))
+        cache.save("versions", version, scored)
+        cached.update(scored)
+    return {k: cached[k] for k in items if k in cached}
+
+
+def evaluate_version(settings: Settings, dataset_id: str, version: str) -> Evaluation:
+    """A registry version on the validation split, scored only on questions it has no cached scores for."""
+    items = validation_items(settings, dataset_id)
+    registry = open_registry(settings)
+    registry.fetch(version)  # checksums verified even when every score is cached: production must still be intact
+    scores = version_scores(settings, registry, version, items)
+    return _evaluation(settings, version, [scores[k] for k in items])
+
+
+def promoted_versions(registry: Registry) -> list[str]:
+    """Every version production ever pointed to, oldest first."""
+    seen = [event.to_version for event in registry.history() if event.alias == PRODUCTION and event.to_version]
+    current = registry.production()
+    if current is not None:
+        seen.append(current.version)
+    return list(dict.fromkeys(seen))
+
+
+def reference_comparison(settings: Settings, dataset_id: str, run_id: str) -> ReferenceComparison | None:
+    """The candidate (its scores kept by evaluate_model) against validate.reference_version, or
+    against the best promoted version, on the questions both were scored on."""
+    items = validation_items(settings, dataset_id)
+    candidate = {k: v for k, v in score_cache(settings).load("runs", run_id).items() if k in items}
+    if not candidate:
+        raise FileNotFoundError(f"run {run_id} has no per-question scores under {settings.work_path / 'scores'}; evaluate it first")
+    registry, cache = open_registry(settings), score_cache(settings)
+    pinned = settings.validate.reference_version
+    if pinned:
+        if not cache.load("versions", pinned):
+            registry.manifest(pinned)  # names the known versions when the pinned one does not exist
+        versions = [pinned]
+    else:
+        versions = promoted_versions(registry)
+    # The best is chosen on the scores cached so far; only that version is scored on today's new
+    # questions, so a long history costs one evaluation per cycle, not one per promoted version.
+    cached = {version: {k: v for k, v in cache.load("versions", version).items() if k in items} for version in versions}
+    chosen = best_reference(candidate, cached, settings.validate, pinned=bool(pinned))
+    scoring = [chosen.version] if chosen else versions  # nothing cached yet (an older registry): score them all once
+    references = {version: version_scores(settings, registry, version, items) for version in scoring}
+    return best_reference(candidate, references, settings.validate, pinned=bool(pinned))
+
+
+def keep_scores_as_version(settings: Settings, run_id: str, version: str) -> None:
+    """A published run's per-question scores become its version's: the next cycle need not score it again."""
+    cache = score_cache(settings)
+    if scores := cache.load("runs", run_id):
+        cache.save("versions", version, scores)
 
 
 def record_validation(
@@ -51,6 +155,7 @@ def record_validation(
     base: Evaluation | None,
     production: Evaluation | None,
     production_version: str | None,
+    reference: ReferenceComparison | None = None,
 ) -> ValidationOutcome:
     """Apply the gates; write eval.json, report.md and the plots into the run's validation
     folder; log metrics, decision and plots to tracking."""
@@ -60,6 +165,7 @@ def record_validation(
         base=base.overall if base else None,
         production=production.overall if production else None,
         production_version=production_version,
+        reference=reference,
     )
     run = RunFolder.of(settings.runs_path, run_id)
     run.validation_dir.mkdir(parents=True, exist_ok=True)
@@ -71,6 +177,7 @@ def record_validation(
         base=base,
         production=production,
         production_version=production_version,
+        reference=reference,
         decision=decision,
         plots={name: path.name for name, path in plots.items()},
     )
@@ -81,6 +188,7 @@ def record_validation(
         base=base,
         production=production,
         production_version=production_version,
+        reference=reference,
         decision=decision,
         report_path=str(run.validation_report_file),
         eval_path=str(run.validation_file),
@@ -96,6 +204,9 @@ def record_validation(
             metrics.update({f"base/{k}": v for k, v in base.overall.model_dump(exclude_none=True).items()})
         if production:
             metrics.update({f"production/{k}": v for k, v in production.overall.model_dump(exclude_none=True).items()})
+        if reference:
+            metrics.update({f"best/{k}": v for k, v in reference.reference.model_dump(exclude_none=True).items()})
+            metrics.update({f"candidate_on_best_questions/{k}": v for k, v in reference.candidate.model_dump(exclude_none=True).items()})
         tracker.log(metrics)
         for name, path in plots.items():
             tracker.log_image(f"validation/{name}", path)

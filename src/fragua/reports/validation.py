@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from fragua.reports.markdown import finite, table
+from fragua.validate.drift import ReferenceComparison
 from fragua.validate.gates import Decision
 from fragua.validate.scoring import SCORE_METRICS, Evaluation, ItemResult
 
@@ -57,6 +58,17 @@ def overall_comparison(candidate: Evaluation, production: Evaluation | None, pro
     return table(rows, columns)
 
 
+def reference_comparison_table(reference: ReferenceComparison) -> str:
+    """Candidate vs the drift gate's reference, on the questions both were scored on."""
+    kind = "reference" if reference.pinned else "best"
+    label, delta = f"{kind} {reference.version}", f"Δ vs {kind}"
+    rows = []
+    for metric in [m for m in ("loss", *SCORE_METRICS) if reference.candidate.value(m) is not None or reference.reference.value(m) is not None]:
+        ours, theirs = reference.candidate.value(metric), reference.reference.value(metric)
+        rows.append({"metric": metric, "better": "lower" if metric == "loss" else "higher", "candidate": ours, label: theirs, delta: _delta(ours, theirs)})
+    return table(rows, ["metric", "better", "candidate", label, delta])
+
+
 def _sample_scores(sample: ItemResult) -> str:
     if sample.chosen is not None:
         verdict = "" if sample.mc_correct is None else (" (right)" if sample.mc_correct else " (wrong)")
@@ -74,6 +86,7 @@ def validation_report(
     production: Evaluation | None,
     production_version: str | None,
     decision: Decision,
+    reference: ReferenceComparison | None = None,
     plots: dict[str, str] | None = None,
     embed_plots: bool = True,
 ) -> str:
@@ -93,6 +106,9 @@ def validation_report(
         f"- primary metric: `{decision.primary_metric}` = {primary}",
         f"- compared with `{production_version}` (production) and the base model on the same examples"
         if production_version else "- no production version yet: compared with the base model only",
+        (f"- drift guard: compared with {'validate.reference_version' if reference.pinned else 'the best promoted version'} "
+         f"`{reference.version}` on the {reference.shared} validation questions both were scored on")
+        if reference else "- drift guard: no promoted version shares validation questions with the candidate yet",
         f"- verdict: {'promotable' if decision.passed else 'not promotable: ' + ', '.join(decision.failed_metrics)}",
         "",
         "## Decision",
@@ -102,6 +118,8 @@ def validation_report(
         "## Candidate vs production vs base",
         "",
         overall_comparison(candidate, production, production_label, base),
+        *([(f"## Candidate vs {'reference' if reference.pinned else 'best promoted version'} `{reference.version}` "
+            f"({reference.shared} shared questions)"), "", reference_comparison_table(reference)] if reference else []),
         "## Per domain",
         "",
         table(

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from fragua.settings.base import Section
+from fragua.settings.base import NAME_PATTERN, Section
 
 # Scores in [0, 1], higher is better: what min_score, min_metrics and the regression check read.
 ScoreMetric = Literal["token_f1", "exact_match", "rouge_l", "bleu", "numeric_accuracy", "mc_accuracy", "mc_accuracy_norm"]
@@ -48,6 +48,21 @@ class ValidateSettings(Section):
     )
     regression_tolerance: float = Field(
         0.05, ge=0.0, le=1.0, description="Largest drop of the primary metric (and of each min_metrics metric) vs the production version on the same validation set."
+    )
+    max_drop_from_best: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Largest drop of the primary metric (and of each min_metrics metric) vs the best version ever promoted to "
+            "production (or reference_version), on the validation questions both were scored on: unlike "
+            "regression_tolerance, which is measured against the current production version, it cannot ratchet down cycle by cycle."
+        ),
+    )
+    reference_version: str | None = Field(
+        None,
+        pattern=NAME_PATTERN.pattern,
+        description="Pin the version max_drop_from_best compares with (e.g. 'fragua-tiny-v3'); None: the best promoted version.",
     )
     numeric_percent_as_fraction: bool = Field(
         True, description="For numeric_accuracy: '50%' means 0.5, so it equals '0.5' and '1/2'; off, '50%' means 50."

@@ -7,6 +7,7 @@ import math
 from pydantic import BaseModel, Field
 
 from fragua.settings import ValidateSettings
+from fragua.validate.drift import ReferenceComparison
 from fragua.validate.scoring import HIGHER_IS_BETTER, MEASURED_ON, MetricSet
 
 
@@ -17,6 +18,7 @@ class Decision(BaseModel):
     candidate: float | None = Field(description="The candidate's primary metric; None when the validation set cannot measure it.")
     production_version: str | None = Field(None, description="The production version the candidate was compared with.")
     failed_metrics: list[str] = Field(default_factory=list, description="Metrics of the failed gates, for tools that act on them.")
+    best_version: str | None = Field(None, description="The best promoted (or pinned reference) version the drift gate compared with.")
 
 
 def _number(value: float | None) -> str:
@@ -34,13 +36,16 @@ def decide(
     base: MetricSet | None = None,
     production: MetricSet | None = None,
     production_version: str | None = None,
+    reference: ReferenceComparison | None = None,
 ) -> Decision:
     """Every gate is checked and reported, so a failure lists all its causes at once.
 
     Gates: the primary metric reaches validate.min_score and each validate.min_metrics entry
     its minimum; perplexity stays under validate.max_perplexity; the candidate beats the base
     model on validate.beat_base_metrics; and none of the gated scores drops more than
-    validate.regression_tolerance below the production version's.
+    validate.regression_tolerance below the production version's, nor more than
+    validate.max_drop_from_best below the reference's (the best promoted version, or
+    validate.reference_version) on the questions both were scored on.
     """
     failures: list[str] = []
     passes: list[str] = []
@@ -97,6 +102,20 @@ def decide(
                 f"{settings.regression_tolerance:.4f}" + ("" if ok else f" (a drop of {theirs - ours:.4f})"),
             )
 
+    if reference is not None:
+        label = f"reference {reference.version} (validate.reference_version)" if reference.pinned else f"best promoted {reference.version}"
+        tolerance = settings.max_drop_from_best
+        for metric in minimums:
+            ours, theirs = reference.candidate.value(metric), reference.reference.value(metric)
+            if ours is None or theirs is None or math.isnan(theirs):
+                continue
+            ok = ours >= theirs - tolerance
+            gate(
+                ok, metric,
+                f"{metric} {ours:.4f} {'>=' if ok else '<'} {label}'s {theirs:.4f} - validate.max_drop_from_best {tolerance:.4f} "
+                f"on the {reference.shared} questions both were scored on" + ("" if ok else f" (a drop of {theirs - ours:.4f})"),
+            )
+
     return Decision(
         passed=not failures,
         reasons=failures + passes,
@@ -104,4 +123,5 @@ def decide(
         candidate=candidate.value(settings.primary_metric),
         production_version=production_version,
         failed_metrics=failed_metrics,
+        best_version=reference.version if reference else None,
     )
