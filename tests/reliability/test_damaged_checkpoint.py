@@ -8,8 +8,6 @@ import logging
 import os
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from fragua.jobs.data import ingest_sources
 from fragua.jobs.train import train_model, training_run_id
@@ -17,7 +15,7 @@ from fragua.models.tiny import ensure_base_model
 from fragua.train.checkpoints import complete_checkpoints
 
 from ..conftest import EXAMPLES, make_settings
-from .test_training_kills import train_until_killed
+from .test_training_kills import assert_ends_like_an_uninterrupted_run, train_until_killed
 
 TRAIN = {"max_steps": 12, "save_steps": 4, "logging_steps": 1, "batch_size": 8, "save_total_limit": 3}
 WEIGHTS = "adapter_model.safetensors"
@@ -54,14 +52,4 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_training_resumes_from_the_
     assert [p.name for p in complete_checkpoints(checkpoints)] == ["checkpoint-4", "checkpoint-8", "checkpoint-12"]
     assert weights.stat().st_size == size
 
-    fresh_settings = settings_for(tmp_path / "fresh")
-    ingest_sources(fresh_settings)
-    uninterrupted = train_model(fresh_settings, dataset.id)
-    assert uninterrupted.resumed_from is None and uninterrupted.global_step == 12
-    assert resumed.train_loss == pytest.approx(uninterrupted.train_loss, rel=1e-3)
-    assert resumed.eval_loss == pytest.approx(uninterrupted.eval_loss, rel=1e-3)
-    ours = load_file(f"{resumed.adapter_dir}/{WEIGHTS}")
-    theirs = load_file(f"{uninterrupted.adapter_dir}/{WEIGHTS}")
-    assert ours.keys() == theirs.keys()
-    for name, tensor in ours.items():
-        assert torch.allclose(tensor, theirs[name], rtol=1e-3, atol=1e-5), name
+    assert_ends_like_an_uninterrupted_run(resumed, settings_for(tmp_path / "fresh"), dataset.id)

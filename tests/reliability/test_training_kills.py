@@ -51,6 +51,21 @@ def train_until_killed(settings, dataset_id: str, kill_at_step: int) -> None:
             process.kill()
 
 
+def assert_ends_like_an_uninterrupted_run(resumed, fresh_settings, dataset_id: str) -> None:
+    """Train the same data from scratch in a fresh work dir: the resumed run's losses and adapter
+    weights must equal that uninterrupted run's."""
+    ingest_sources(fresh_settings)
+    uninterrupted = train_model(fresh_settings, dataset_id)
+    assert uninterrupted.resumed_from is None and uninterrupted.global_step == resumed.global_step
+    assert resumed.train_loss == pytest.approx(uninterrupted.train_loss, rel=1e-3)
+    assert resumed.eval_loss == pytest.approx(uninterrupted.eval_loss, rel=1e-3)
+    ours = load_file(f"{resumed.adapter_dir}/adapter_model.safetensors")
+    theirs = load_file(f"{uninterrupted.adapter_dir}/adapter_model.safetensors")
+    assert ours.keys() == theirs.keys()
+    for name, tensor in ours.items():
+        assert torch.allclose(tensor, theirs[name], rtol=1e-3, atol=1e-5), name
+
+
 @pytest.mark.slow(seconds=90)
 def test_training_killed_at_three_points_resumes_each_time_and_ends_like_an_uninterrupted_run(tmp_path):
     settings = settings_for(tmp_path / "killed")
@@ -78,17 +93,7 @@ def test_training_killed_at_three_points_resumes_each_time_and_ends_like_an_unin
     logged = [entry["step"] for entry in resumed.log_history if "loss" in entry]
     assert logged == list(range(1, 21))  # the history continues; no step is counted twice or skipped
 
-    fresh_settings = settings_for(tmp_path / "fresh")
-    ingest_sources(fresh_settings)
-    uninterrupted = train_model(fresh_settings, dataset.id)
-    assert uninterrupted.resumed_from is None and uninterrupted.global_step == 20
-    assert resumed.train_loss == pytest.approx(uninterrupted.train_loss, rel=1e-3)
-    assert resumed.eval_loss == pytest.approx(uninterrupted.eval_loss, rel=1e-3)
-    killed_weights = load_file(f"{resumed.adapter_dir}/adapter_model.safetensors")
-    fresh_weights = load_file(f"{uninterrupted.adapter_dir}/adapter_model.safetensors")
-    assert killed_weights.keys() == fresh_weights.keys()
-    for name, tensor in killed_weights.items():
-        assert torch.allclose(tensor, fresh_weights[name], rtol=1e-3, atol=1e-5), name
+    assert_ends_like_an_uninterrupted_run(resumed, settings_for(tmp_path / "fresh"), dataset.id)
 
     # Asking again for a finished run returns it instead of training again.
     again = train_model(settings, dataset.id)
