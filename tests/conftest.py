@@ -9,6 +9,11 @@ import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# xdist workers start with COLUMNS=80 and LINES=24 set; rich would fix the CLI console at that
+# size when fragua.cli is imported, and a test's CliRunner(env={"COLUMNS": ...}) would not count.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
 # Prefect's home (profiles, local database) stays out of the user's HOME during tests; the
 # process that makes it (the xdist controller, or the only process) removes it at the end.
 _CLIENT_HOME = None if "PREFECT_HOME" in os.environ else tempfile.mkdtemp(prefix="fragua-prefect-home-")

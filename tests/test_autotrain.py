@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import uuid
 
 import pytest
 from typer.testing import CliRunner
@@ -25,6 +26,7 @@ from .webhook import WebhookReceiver
 
 
 def test_a_failed_run_leaves_the_examples_pending_and_sends_a_failure_notification(prefect_api, queue_url, tmp_path):
+    # The block's name is the test's own: the two variants run at once on the shared Prefect server.
     from fragua.blocks import save_webhook
     from fragua.flows.autotrain import autotrain_flow
 
@@ -32,7 +34,7 @@ def test_a_failed_run_leaves_the_examples_pending_and_sends_a_failure_notificati
         settings = Settings(
             work_dir=tmp_path / "work", tracking={"mode": "disabled"},
             data={"sources": [{"path": str(tmp_path / "missing.jsonl")}]},
-            notifications={"block": save_webhook(receiver.url, "failure-alerts")}, intake={"database_url": queue_url},
+            notifications={"block": save_webhook(receiver.url, f"failure-alerts-{uuid.uuid4().hex[:8]}")}, intake={"database_url": queue_url},
         )
         queue = IntakeQueue.from_settings(settings)
         queue.add(question_answer_record("Where is the gym?", "On floor 2."))
@@ -182,7 +184,7 @@ def test_two_claiming_processes_at_once_claim_every_example_exactly_once(queue_u
     assert all(0 < len(batch["ids"]) <= per_run for mine in batches for batch in mine)
     claimed_by = {i: batch["run"] for mine in batches for batch in mine for i in batch["ids"]}
     stored = queue.examples(limit=total + 1)
-    assert queue.counts() == {"pending": 0, "training": 0, "trained": total}
+    assert queue.counts() == {"pending": 0, "training": 0, "trained": total, "duplicate": 0}
     assert {e.id: e.version for e in stored} == claimed_by and {e.attempts for e in stored} == {1}
 
 # Examples production already holds ---------------------------------------------------------------------------
