@@ -5,6 +5,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from fragua.data.store import DatasetManifest
 from fragua.reports.expansion import domain_rows, expansion_summary
+from fragua.reports.markdown import display_rows
 from fragua.settings import Settings
 from fragua.tasks.data import expand_task, ingest_task
 
@@ -20,5 +21,5 @@ def expand_flow(settings: Settings | None = None, dataset_id: str | None = None)
     manifest = expand_task(settings, dataset_id)
     create_markdown_artifact(expansion_summary(manifest), key="dataset-expanded", description=f"Expanded dataset {manifest.id}")
     if report := manifest.report.get("expansion"):
-        create_table_artifact(domain_rows(report), key="dataset-expansion", description=f"Train rows per domain before/after, added per strategy, {manifest.id}")
+        create_table_artifact(display_rows(domain_rows(report)), key="dataset-expansion", description=f"Train rows per domain before/after, added per strategy, {manifest.id}")
     return manifest

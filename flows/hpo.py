@@ -4,7 +4,8 @@ from prefect import flow, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from fragua.reports.training import hpo_summary
+from fragua.reports.markdown import display_rows
+from fragua.reports.training import TRIAL_DURATIONS, hpo_summary
 from fragua.settings import Settings
 from fragua.tasks.data import ingest_task
 from fragua.tasks.train import base_model_task, hpo_plan_task, hpo_record_task, hpo_trial_task
@@ -24,6 +25,6 @@ def hpo_flow(settings: Settings | None = None, dataset_id: str | None = None) ->
     plan = hpo_plan_task(settings, dataset_id)
     trials = hpo_trial_task.map(unmapped(settings), unmapped(plan.dataset_id), plan.trials, unmapped(plan.deadline))
     result = hpo_record_task(settings, plan.dataset_id, [trial.result() for trial in trials])
-    create_table_artifact(trial_rows(result.trials), key="hpo-trials", description="Every trial of the hyperparameter search")
+    create_table_artifact(display_rows(trial_rows(result.trials), TRIAL_DURATIONS), key="hpo-trials", description="Every trial of the hyperparameter search")
     create_markdown_artifact(hpo_summary(result), key="hpo", description="Hyperparameter search")
     return result

@@ -5,6 +5,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from fragua.data.store import DatasetManifest, load_stats
 from fragua.reports.dataset import dataset_rows, dataset_summary
+from fragua.reports.markdown import display_rows
 from fragua.settings import Settings
 from fragua.tasks.data import ingest_task
 
@@ -18,5 +19,5 @@ def ingest_flow(settings: Settings | None = None) -> DatasetManifest:
     manifest = ingest_task(settings)
     stats = load_stats(manifest)
     create_markdown_artifact(dataset_summary(manifest, stats), key="dataset", description=f"Dataset version {manifest.id}")
-    create_table_artifact(dataset_rows(manifest, stats), key="dataset-domains", description=f"Records per domain and split, {manifest.id}")
+    create_table_artifact(display_rows(dataset_rows(manifest, stats)), key="dataset-domains", description=f"Records per domain and split, {manifest.id}")
     return manifest

@@ -4,6 +4,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from fragua.jobs.validate import ValidationOutcome
+from fragua.reports.markdown import display_rows
 from fragua.reports.validation import comparison_rows, validation_report
 from fragua.settings import Settings
 from fragua.tasks.registry import production_task
@@ -31,15 +32,15 @@ def validate_flow(settings: Settings | None = None, run_id: str | None = None) -
         settings, run.run_id, dataset_id, candidate, base, production,
         production_state.version if production_state else None, reference,
     )
-    # The UI cannot open the run folder, so the artifact lists the plots by path instead of embedding them.
+    # The UI cannot open the run folder: the artifact carries the plots themselves.
     report = validation_report(
         run_id=outcome.run_id, dataset_id=dataset_id, candidate=candidate, base=base, production=production,
-        production_version=outcome.production_version, decision=outcome.decision, reference=reference, plots=outcome.plots, embed_plots=False,
+        production_version=outcome.production_version, decision=outcome.decision, reference=reference, plots=outcome.plots, artifact=True,
     )
     create_markdown_artifact(report, key="validation-report", description=f"Validation of run {run.run_id}")
     production_label = f"production {outcome.production_version}" if outcome.production_version else "production"
     create_table_artifact(
-        comparison_rows({"candidate": candidate, production_label: production, "base": base}),
+        display_rows(comparison_rows({"candidate": candidate, production_label: production, "base": base})),
         key="validation-metrics",
         description="Candidate vs production vs base, overall and per domain",
     )

@@ -43,9 +43,9 @@ def test_report_has_summary_decision_comparison_domains_plots_and_samples():
     assert "chose A (wrong), per char B" in report
     listed = validation_report(
         run_id="run-1", dataset_id="d", candidate=candidate, base=None, production=None, production_version=None,
-        decision=decision, plots={"loss_curve": "/runs/run-1/validation/loss_curve.png"}, embed_plots=False,
+        decision=decision, plots={"loss_curve": "/runs/run-1/validation/loss_curve.png"}, artifact=True,
     )
-    assert "- Training and validation loss: `/runs/run-1/validation/loss_curve.png`" in listed
+    assert "- Training and validation loss: `/runs/run-1/validation/loss_curve.png` (not shown here" in listed  # no such file
     assert "no production version yet" in listed
 
 

@@ -62,7 +62,7 @@ def test_a_destroyed_candidate_is_rejected_naming_the_metric_and_production_stay
 
     report = latest_artifact(tag, "validation-report")
     assert f"# Validation of run `{challenger.run_id}`: FAILED" in report.data
-    assert "FAIL token_f1" in report.data and "metrics_by_domain.png`" in report.data
+    assert "FAIL token_f1" in report.data and "![Metrics per domain](data:image/png;base64," in report.data
     table = latest_artifact(tag, "validation-metrics")
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert {row["model"] for row in rows} == {"candidate", "production fragua-tiny-v1", "base"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fragua.reports.markdown import table
+from fragua.reports.markdown import counts_line, plot, table
 
 
 def _splits(manifest: Any) -> list[str]:
@@ -26,7 +26,8 @@ def dataset_rows(manifest: Any, stats: dict[str, Any] | None = None) -> list[dic
 
 
 def dataset_summary(manifest: Any, stats: dict[str, Any] | None = None) -> str:
-    """Markdown for a dataset version: counts per split, domain and source, quarantine by reason."""
+    """Markdown for a dataset version (the Prefect artifact): counts per split, domain and source,
+    quarantine by reason, the statistics plot inlined."""
     sources = [
         {"file": s.path, "format": s.format, "rows": s.rows, "kept": s.kept, "duplicates": s.duplicates, "quarantined": s.quarantined,
          "reasons": ", ".join(f"{k}={v}" for k, v in s.reasons.items()) or "-", "sha256": (s.sha256 or "-")[:12]}
@@ -37,17 +38,19 @@ def dataset_summary(manifest: Any, stats: dict[str, Any] | None = None) -> str:
     lines = [
         f"# Dataset version `{manifest.id}`",
         "",
-        f"- records per split: {manifest.counts}",
-        f"- records per origin: {manifest.origins}",
+        f"- records per split: {counts_line(manifest.counts)}",
+        f"- records per origin: {counts_line(manifest.origins)}",
         f"- parent version: `{manifest.parent}`" if manifest.parent else "- parent version: none (ingested)",
-        f"- exact duplicates dropped: {manifest.duplicates}",
-        f"- quarantined rows: {manifest.quarantined}" + (f" (see `{manifest.quarantine_file}`)" if manifest.quarantine_file else ""),
+        f"- exact duplicates dropped: {manifest.duplicates:,}",
+        f"- quarantined rows: {manifest.quarantined:,}" + (f" (see `{manifest.quarantine_file}`)" if manifest.quarantine_file else ""),
         f"- stored at `{manifest.path}`",
     ]
     if manifest.plot_file:
         lines.append(f"- statistics: `{manifest.stats_file}`, plot: `{manifest.plot_file}`")
     if stats:
-        lines.append(f"- lengths in {stats['length_unit']}, from up to {stats['sample_per_domain']} sampled rows per domain")
+        lines.append(f"- lengths in {stats['length_unit']}, from up to {stats['sample_per_domain']:,} sampled rows per domain")
+    if manifest.plot_file:
+        lines += ["", plot("Lengths per domain and rows per split", manifest.plot_file, inline=True)]
     lines += ["", "## Domains", "", table(domain_rows, domain_columns), "## Sources", "",
               table(sources, ["file", "format", "rows", "kept", "duplicates", "quarantined", "reasons", "sha256"])]
     if manifest.rejected:

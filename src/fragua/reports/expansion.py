@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fragua.reports.markdown import table
+from fragua.reports.markdown import clip, counts_line, table, wrappable
 
 EXAMPLE_CHARS = 240
 
@@ -34,14 +34,10 @@ def domain_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _short(text: str) -> str:
-    text = text.replace("\n", " / ")
-    return text if len(text) <= EXAMPLE_CHARS else text[: EXAMPLE_CHARS - 1] + "…"
-
-
 def example_rows(report: dict[str, Any]) -> list[dict[str, str]]:
     return [
-        {"strategy": name, "parent question": _short(example["parent"]), "new prompt": _short(example["prompt"]), "answer": _short(example["answer"])}
+        {"strategy": name, "parent question": clip(example["parent"], EXAMPLE_CHARS), "new prompt": clip(example["prompt"], EXAMPLE_CHARS),
+         "answer": clip(example["answer"], EXAMPLE_CHARS)}
         for name, examples in report["examples"].items()
         for example in examples
     ]
@@ -58,10 +54,10 @@ def expansion_summary(manifest: Any) -> str:
         f"# Expanded dataset `{manifest.id}`",
         "",
         f"- parent version: `{manifest.parent}`",
-        f"- train rows: {report['train_before']} -> {report['train_after']}: factor {report['achieved_factor']} of {report['target_factor']} wanted (seed {report['seed']})",
-        f"- records per split: {manifest.counts} (validation and test unchanged)",
-        f"- held-out guard: {leakage['held_out_records']} validation/test records; {leakage['train_rows_not_expanded']} train rows resembling one were not expanded, "
-        f"{leakage['rejected']} generated rows rejected as leaks (threshold {leakage['threshold']})",
+        f"- train rows: {report['train_before']:,} -> {report['train_after']:,}: factor {report['achieved_factor']} of {report['target_factor']} wanted (seed {report['seed']})",
+        f"- records per split: {counts_line(manifest.counts)} (validation and test unchanged)",
+        (f"- held-out guard: {leakage['held_out_records']} validation/test records; {leakage['train_rows_not_expanded']} train rows resembling one were not expanded, "
+        f"{leakage['rejected']} generated rows rejected as leaks (threshold {leakage['threshold']})"),
         f"- generator model: {report['generator'] or 'none (rule-based strategies only)'}",
         f"- rejected candidates: {manifest.quarantined}" + (f" (see `{manifest.quarantine_file}`)" if manifest.quarantine_file else ""),
         "",
@@ -73,7 +69,7 @@ def expansion_summary(manifest: Any) -> str:
         table(domains, list(domains[0])),
         "## Examples",
         "",
-        table(example_rows(report), ["strategy", "parent question", "new prompt", "answer"]),
+        table([{k: wrappable(v) for k, v in row.items()} for row in example_rows(report)], ["strategy", "parent question", "new prompt", "answer"]),
     ]
     if report["notes"]:
         lines += ["## Notes", "", *[f"- {note}" for note in report["notes"]], ""]

@@ -2,34 +2,61 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from fragua.reports.markdown import table
+from fragua.reports.markdown import cell, display_rows, duration, number, table
+
+# The trial rows' "seconds", shown as a duration.
+TRIAL_DURATIONS = {"seconds": "time"}
+
+
+def _same_loss(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def evaluation_rows(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per validation during training. The evaluation after training repeats the last
+    one (same step, same weights) and is dropped; when it differs (early stopping reloaded the
+    best checkpoint) it is kept, marked as the final model's."""
+    rows: list[dict[str, Any]] = []
+    for entry in log_history:
+        if "eval_loss" not in entry:
+            continue
+        epoch = entry.get("epoch")
+        row = {"epoch": "-" if epoch is None else f"{epoch:.2f}", "step": entry.get("step"), "validation loss": entry["eval_loss"]}
+        if rows and rows[-1]["step"] == row["step"]:
+            if _same_loss(rows[-1]["validation loss"], row["validation loss"]):
+                continue
+            row["step"] = f"{cell(row['step'])} (final model)"
+        rows.append(row)
+    return rows
+
+
+def _loss(value: float | None) -> str:
+    return "-" if value is None else number(value)
 
 
 def training_summary(report: Any) -> str:
-    evals = [
-        {"epoch": entry.get("epoch"), "step": entry.get("step"), "eval_loss": entry["eval_loss"]}
-        for entry in report.log_history
-        if "eval_loss" in entry
-    ]
+    evals = evaluation_rows(report.log_history)
+    throughput = f"{report.tokens_per_second:,.0f}" if report.tokens_per_second else "-"
     lines = [
         f"# Training run `{report.run_id}`",
         "",
         f"- base model: `{report.base_model}` ({report.base_parameters:,} parameters), method `{report.method}`",
-        f"- {report.global_step} optimiser steps, {report.epochs:g} epochs, {report.seconds:.1f} s",
-        f"- train loss {report.train_loss}, validation loss {report.eval_loss}",
-        f"- {report.examples} examples, {report.trained_tokens} answer tokens; {report.truncated} truncated, {report.dropped} dropped (no answer left after truncation)",
+        f"- {report.global_step:,} optimiser steps, {report.epochs:.2f} epochs, {duration(report.seconds)}",
+        f"- train loss {_loss(report.train_loss)}, validation loss {_loss(report.eval_loss)}",
+        f"- {report.examples:,} examples, {report.trained_tokens:,} answer tokens; {report.truncated:,} truncated, {report.dropped:,} dropped (no answer left after truncation)",
         f"- resumed from `{report.resumed_from}`" if report.resumed_from else "- started from scratch",
-        f"- {report.batching}; {report.tokens_per_second or '-'} tokens/s (non-padding) over {report.num_processes} process(es)",
+        f"- {report.batching}; {throughput} tokens/s (non-padding) over {report.num_processes} process(es)",
         f"- continued production version `{report.parent_version}`: {report.incremental}" if report.parent_version else "- trained from the base model",
-        f"- added and trained tokens: {', '.join(report.added_tokens)}" if report.added_tokens else "",
-        f"- stopped early at step {report.global_step} of {report.max_steps}; best checkpoint `{report.best_checkpoint}`" if report.stopped_early else "",
+        f"- added and trained tokens: {', '.join(report.added_tokens)}" if report.added_tokens else None,
+        f"- stopped early at step {report.global_step} of {report.max_steps}; best checkpoint `{report.best_checkpoint}`" if report.stopped_early else None,
         f"- tracking run: {report.tracking_run or 'disabled'}",
         "",
-        table(evals, ["epoch", "step", "eval_loss"]) if evals else "",
+        table(evals, ["epoch", "step", "validation loss"]) if evals else "",
     ]
-    return "\n".join(lines)
+    return "\n".join(line for line in lines if line is not None)
 
 
 def hpo_summary(result: Any) -> str:
@@ -48,6 +75,6 @@ def hpo_summary(result: Any) -> str:
         f"- validate and deploy it with `fragua validate --run {best.run_id}` and `fragua deploy --run {best.run_id}`" if best else "",
         f"- tracking run: {result.tracking_run or 'disabled'}",
         "",
-        table(trial_rows(result.trials), ["trial", "learning_rate", "r", "alpha", "epochs", "status", "eval_loss", "steps", "seconds", "run_id"]),
+        table(display_rows(trial_rows(result.trials), TRIAL_DURATIONS), ["trial", "learning_rate", "r", "alpha", "epochs", "status", "eval_loss", "steps", "time", "run_id"]),
     ]
     return "\n".join(lines)

@@ -5,13 +5,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from fragua.reports.markdown import finite, table
+from fragua.reports.markdown import Cell, clip, escape, finite, plot, table
 from fragua.validate.drift import ReferenceComparison
 from fragua.validate.gates import Decision
 from fragua.validate.scoring import SCORE_METRICS, Evaluation, ItemResult
 
 ALL_COLUMNS = ("n", "loss", "perplexity", *SCORE_METRICS)
 PLOT_TITLES = {"loss_curve": "Training and validation loss", "metrics_by_domain": "Metrics per domain"}
+# Characters per question, reference and prediction in the artifact's sample-answers table (the
+# report file keeps them whole). The old Prefect UI never wraps a table cell: the three texts
+# share one cell, a line each, so the table fits beside its side panel in a 1400 px window.
+SAMPLE_CELL_CHARS = 60
+SAMPLE_TEXTS = ("question", "reference", "prediction")
 
 
 def measured_columns(evaluations: list[Evaluation | None]) -> list[str]:
@@ -34,7 +39,7 @@ def comparison_rows(evaluations: dict[str, Evaluation | None]) -> list[dict[str,
 def _delta(ours: float | None, theirs: float | None) -> str:
     if ours is None or theirs is None or not (math.isfinite(ours) and math.isfinite(theirs)):
         return "-"
-    return f"{ours - theirs:+.4f}"
+    return f"{ours - theirs:+,.4f}"
 
 
 def overall_comparison(candidate: Evaluation, production: Evaluation | None, production_label: str, base: Evaluation | None) -> str:
@@ -69,12 +74,29 @@ def reference_comparison_table(reference: ReferenceComparison) -> str:
     return table(rows, ["metric", "better", "candidate", label, delta])
 
 
-def _sample_scores(sample: ItemResult) -> str:
+def _sample_scores(sample: ItemResult) -> list[str]:
     if sample.chosen is not None:
         verdict = "" if sample.mc_correct is None else (" (right)" if sample.mc_correct else " (wrong)")
-        return f"chose {sample.chosen}{verdict}, per char {sample.chosen_norm}"
-    parts = [f"{label} {value:.2f}" for label, value in (("F1", sample.token_f1), ("ROUGE-L", sample.rouge_l), ("EM", sample.exact_match), ("num", sample.numeric_match)) if value is not None]
-    return ", ".join(parts) or "-"
+        return [f"chose {sample.chosen}{verdict}", f"per char {sample.chosen_norm}"]
+    scores = (("F1", sample.token_f1), ("ROUGE-L", sample.rouge_l), ("EM", sample.exact_match), ("num", sample.numeric_match))
+    return [f"{label} {value:.2f}" for label, value in scores if value is not None] or ["-"]
+
+
+def sample_table(samples: list[ItemResult], *, compact: bool) -> str:
+    """The sample answers, whole (the report file) or ``compact`` (the artifact): texts cut to
+    SAMPLE_CELL_CHARS and stacked in one cell, the scores stacked in another."""
+    if not compact:
+        rows = [{**{name: getattr(s, name) for name in ("domain", *SAMPLE_TEXTS)}, "scores": ", ".join(_sample_scores(s))} for s in samples]
+        return table(rows, ["domain", *SAMPLE_TEXTS, "scores"])
+    rows = [
+        {
+            "domain": s.domain,
+            "sample": Cell("<br>".join(f"**{name}** {escape(clip(getattr(s, name) or '-', SAMPLE_CELL_CHARS))}" for name in SAMPLE_TEXTS)),
+            "scores": Cell("<br>".join(escape(score) for score in _sample_scores(s))),
+        }
+        for s in samples
+    ]
+    return table(rows, ["domain", "sample", "scores"])
 
 
 def validation_report(
@@ -88,10 +110,11 @@ def validation_report(
     decision: Decision,
     reference: ReferenceComparison | None = None,
     plots: dict[str, str] | None = None,
-    embed_plots: bool = True,
+    artifact: bool = False,
 ) -> str:
-    """The validation report. ``plots`` maps a plot name to its file: embedded as images (a
-    path relative to the report) or, for viewers that cannot reach the file, listed by path."""
+    """The validation report. ``plots`` maps a plot name to its file, a path relative to the
+    report. ``artifact``: the Prefect UI's version, which cannot open the run folder: ``plots``
+    are paths it reads to inline the images, and long sample answers are cut."""
     verdict = "PASSED" if decision.passed else "FAILED"
     overall = candidate.overall
     production_label = f"production {production_version}" if production_version else "production"
@@ -131,14 +154,8 @@ def validation_report(
         lines += ["## Plots", ""]
         for name, location in plots.items():
             title = PLOT_TITLES.get(name, name)
-            lines.append(f"![{title}]({location})" if embed_plots else f"- {title}: `{location}`")
-        lines.append("")
-    lines += [
-        "## Sample answers",
-        "",
-        table(
-            [{**s.model_dump(), "scores": _sample_scores(s)} for s in candidate.samples],
-            ["domain", "question", "reference", "prediction", "scores"],
-        ),
-    ]
+            lines += [plot(title, location, inline=artifact), ""]
+    lines += ["## Sample answers", "", sample_table(candidate.samples, compact=artifact)]
+    if artifact:
+        lines.append(f"Texts cut at {SAMPLE_CELL_CHARS} characters; the run's `validation/report.md` has them whole.")
     return "\n".join(lines)
