@@ -128,6 +128,14 @@ def test_the_form_shows_every_field_with_its_effective_default_but_sends_none():
     assert set(schema["definitions"]["SettingsOverrides"]["properties"]) == set(Settings.model_fields)
 
 
+def test_a_cleared_field_or_section_is_not_set(monkeypatch):
+    from fragua.flows.train import train_flow
+
+    monkeypatch.setenv("FRAGUA_TRAIN__BATCH_SIZE", "4")
+    settings = train_flow.validate_parameters({"settings": {"train": {"batch_size": None, "epochs": 2}, "data": {}}})["settings"]
+    assert (settings.train.batch_size, settings.train.epochs) == (4, 2)
+
+
 @pytest.mark.parametrize(("path", "home"), [
     ("tracking.api_key", "fragua blocks save-wandb-key"), ("registry.secret_access_key", "registry.credentials_block"),
     ("registry.session_token", "registry.credentials_block"), ("intake.database_url", "FRAGUA_INTAKE__DATABASE_URL"),
