@@ -6,7 +6,7 @@ from prefect.runtime import flow_run
 
 from fragua.intake.autotrain import AutotrainResult, Resolution
 from fragua.intake.queue import Batch, new_run_id
-from fragua.settings import Settings
+from fragua.settings import Settings, SettingsParameter
 from fragua.tasks.intake import (
     batch_settings_task, claim_task, mark_trained_task, pending_count_task, record_skip_task, release_stale_task, release_task,
     resolve_duplicates_task,
@@ -17,7 +17,7 @@ from .pipeline import pipeline_flow
 
 
 @flow(name="autotrain", on_failure=[notify_failure])
-def autotrain_flow(settings: Settings | None = None, force: bool = False) -> AutotrainResult:
+def autotrain_flow(settings: SettingsParameter | None = None, force: bool = False) -> AutotrainResult:
     """Once intake.min_new_examples examples are pending (any number with force), run the pipeline
     incrementally on them plus a replay sample; a deployed version marks them trained."""
     settings = settings or Settings.load()

@@ -7,7 +7,7 @@ from prefect.transactions import transaction
 
 from fragua.jobs.registry import DeployOutcome, version_file
 from fragua.registry.versions import AliasState
-from fragua.settings import Settings
+from fragua.settings import Settings, SettingsParameter
 from fragua.tasks.notify import notify_task
 from fragua.tasks.registry import allocate_task, confirm_task, production_task, promote_task, publish_task, retention_task, rollback_task, verify_task
 from fragua.tasks.validate import load_run_task, load_validation_task
@@ -16,7 +16,7 @@ from . import current_actor, notify_failure
 
 
 @flow(name="deploy", on_failure=[notify_failure])
-def deploy_flow(settings: Settings | None = None, run_id: str | None = None, version: str | None = None) -> DeployOutcome:
+def deploy_flow(settings: SettingsParameter | None = None, run_id: str | None = None, version: str | None = None) -> DeployOutcome:
     """Publish a validated run as a new version and, with registry.auto_deploy, point production at it.
 
     upload -> verify (download, checksums, load, smoke-generate) -> move the alias ->
@@ -81,7 +81,7 @@ def deploy_flow(settings: Settings | None = None, run_id: str | None = None, ver
 
 
 @flow(name="rollback", on_failure=[notify_failure])
-def rollback_flow(settings: Settings | None = None, to: str | None = None) -> AliasState:
+def rollback_flow(settings: SettingsParameter | None = None, to: str | None = None) -> AliasState:
     """Point production back to the previous version (or ``to``); no weights are copied."""
     settings = settings or Settings.load()
     state = rollback_task(settings, to, current_actor())

@@ -4,13 +4,13 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from fragua.inference.choice import resolve_model
-from fragua.settings import Settings
+from fragua.settings import Settings, SettingsParameter
 from fragua.tasks.scale import eval_batch_task
 from fragua.validate.batch import BatchResult
 
 
 @flow(name="eval-batch")
-def eval_batch_flow(questions: str, output: str, settings: Settings | None = None, path: str | None = None, version: str | None = None) -> BatchResult:
+def eval_batch_flow(questions: str, output: str, settings: SettingsParameter | None = None, path: str | None = None, version: str | None = None) -> BatchResult:
     """Answer and score a question file, shards of scale.eval_shard_items questions as tasks on scale.task_runner."""
     settings = settings or Settings.load()
     choice = resolve_model(settings, version=version, path=path)

@@ -6,14 +6,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from fragua.data.store import DatasetManifest
 from fragua.reports.expansion import domain_rows, expansion_summary
 from fragua.reports.markdown import display_rows
-from fragua.settings import Settings
+from fragua.settings import Settings, SettingsParameter
 from fragua.tasks.data import expand_task, ingest_task
 
 from . import notify_failure
 
 
 @flow(name="expand", on_failure=[notify_failure])
-def expand_flow(settings: Settings | None = None, dataset_id: str | None = None) -> DatasetManifest:
+def expand_flow(settings: SettingsParameter | None = None, dataset_id: str | None = None) -> DatasetManifest:
     """Augment the train split of a dataset version toward expand.expansion_factor."""
     settings = settings or Settings.load()
     if dataset_id is None:

@@ -6,7 +6,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from fragua.reports.markdown import display_rows
 from fragua.reports.training import TRIAL_DURATIONS, hpo_summary
-from fragua.settings import Settings
+from fragua.settings import Settings, SettingsParameter
 from fragua.tasks.data import ingest_task
 from fragua.tasks.train import base_model_task, hpo_plan_task, hpo_record_task, hpo_trial_task
 from fragua.train.hpo import HpoResult, trial_rows
@@ -16,7 +16,7 @@ from . import notify_failure
 
 # One trial at a time: each already uses every core (or the GPU) it is given.
 @flow(name="hpo", on_failure=[notify_failure], task_runner=ThreadPoolTaskRunner(max_workers=1))
-def hpo_flow(settings: Settings | None = None, dataset_id: str | None = None) -> HpoResult:
+def hpo_flow(settings: SettingsParameter | None = None, dataset_id: str | None = None) -> HpoResult:
     """Search learning rate, LoRA rank/alpha and epochs within hpo.trials and hpo.time_budget_minutes."""
     settings = settings or Settings.load()
     if dataset_id is None:

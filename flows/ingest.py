@@ -6,14 +6,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from fragua.data.store import DatasetManifest, load_stats
 from fragua.reports.dataset import dataset_rows, dataset_summary
 from fragua.reports.markdown import display_rows
-from fragua.settings import Settings
+from fragua.settings import Settings, SettingsParameter
 from fragua.tasks.data import ingest_task
 
 from . import notify_failure
 
 
 @flow(name="ingest", on_failure=[notify_failure])
-def ingest_flow(settings: Settings | None = None) -> DatasetManifest:
+def ingest_flow(settings: SettingsParameter | None = None) -> DatasetManifest:
     """Read data.sources into canonical records, quarantine bad rows, split, store a dataset version."""
     settings = settings or Settings.load()
     manifest = ingest_task(settings)

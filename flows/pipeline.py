@@ -3,7 +3,7 @@ from __future__ import annotations
 from prefect import flow
 from pydantic import BaseModel
 
-from fragua.settings import Settings
+from fragua.settings import Settings, SettingsParameter
 
 from . import notify_failure
 from .deploy import deploy_flow
@@ -25,7 +25,7 @@ class PipelineResult(BaseModel):
 
 
 @flow(name="pipeline", on_failure=[notify_failure])
-def pipeline_flow(settings: Settings | None = None) -> PipelineResult:
+def pipeline_flow(settings: SettingsParameter | None = None) -> PipelineResult:
     """ingest -> expand -> train -> validate -> deploy, each a subflow on the same settings."""
     settings = settings or Settings.load()
     dataset = ingest_flow(settings)

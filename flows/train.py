@@ -4,7 +4,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from fragua.reports.training import training_summary
-from fragua.settings import Settings
+from fragua.settings import Settings, SettingsParameter
 from fragua.tasks.data import ingest_task
 from fragua.tasks.train import base_model_task, train_task
 from fragua.train.report import TrainReport
@@ -13,7 +13,7 @@ from . import notify_failure
 
 
 @flow(name="train", on_failure=[notify_failure])
-def train_flow(settings: Settings | None = None, dataset_id: str | None = None) -> TrainReport:
+def train_flow(settings: SettingsParameter | None = None, dataset_id: str | None = None) -> TrainReport:
     """Fine-tune the base model on a dataset version (the sources are ingested when none is given)."""
     settings = settings or Settings.load()
     if dataset_id is None:

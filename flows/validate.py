@@ -6,7 +6,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from fragua.jobs.validate import ValidationOutcome
 from fragua.reports.markdown import display_rows
 from fragua.reports.validation import comparison_rows, validation_report
-from fragua.settings import Settings
+from fragua.settings import Settings, SettingsParameter
 from fragua.tasks.registry import production_task
 from fragua.tasks.validate import evaluate_task, evaluate_version_task, load_run_task, record_validation_task, reference_task
 
@@ -14,7 +14,7 @@ from . import notify_failure
 
 
 @flow(name="validate", on_failure=[notify_failure])
-def validate_flow(settings: Settings | None = None, run_id: str | None = None) -> ValidationOutcome:
+def validate_flow(settings: SettingsParameter | None = None, run_id: str | None = None) -> ValidationOutcome:
     """Score a trained run, the base model, the production version and the best promoted version on one validation set; apply the gates."""
     settings = settings or Settings.load()
     run = load_run_task(settings, run_id)

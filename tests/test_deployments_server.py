@@ -71,3 +71,74 @@ def test_deploy_all_run_pipeline_with_a_worker(prefect_server, tiny_base, tmp_pa
     # The version records the deploy subflow of this run, on this server.
     deploy_run = httpx.get(f"{env['PREFECT_API_URL']}/flow_runs/{registry.manifest('fragua-tiny-v1').lineage['prefect_flow_run_id']}", timeout=10).json()
     assert deploy_run["state"]["type"] == "COMPLETED" and deploy_run["parent_task_run_id"] is not None
+
+
+CANARY = "canary-secret-5d81e2"
+ENV_CANARY = "canary-env-secret-93b7c4"
+
+
+@pytest.mark.slow(seconds=90)
+def test_a_custom_run_changes_only_what_it_sets_and_keeps_secrets_out(tmp_path, monkeypatch):
+    """A server of its own, so its whole database can be searched for the secrets afterwards."""
+    from .prefect_server import PrefectServer
+    from .test_deployments import deep_merge, form_defaults
+
+    server = PrefectServer(tmp_path / "server")
+    server.start()
+    try:
+        env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_", "FRAGUA_"))}
+        env.update(
+            PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=server.api_url,
+            PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="INFO", TOKENIZERS_PARALLELISM="false",
+        )
+        api = server.api_url
+        prefect("work-pool", "create", "fragua-process", "--type", "process", env=env)
+        prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml", env=env)
+        deployment = httpx.get(f"{api}/deployments/name/autotrain/hourly", timeout=10).json()
+        # What the UI's Custom run sends for an untouched form: the deployment's parameters over the schema's defaults.
+        form = deep_merge(form_defaults(deployment["parameter_openapi_schema"]), deployment["parameters"])
+
+        def create(parameters: dict) -> httpx.Response:
+            return httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={"parameters": parameters}, timeout=30)
+
+        with_secret = create(deep_merge(form, {"settings": {"tracking": {"api_key": CANARY}}}))
+        assert with_secret.status_code == 409 and "'api_key' was unexpected" in with_secret.text and CANARY not in with_secret.text
+        cli = subprocess.run(
+            [str(BIN / "prefect"), "deployment", "run", "autotrain/hourly", "--param", json.dumps({"tracking": {"api_key": CANARY}}).join(["settings=", ""])],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert cli.returncode != 0 and "api_key" in cli.stdout + cli.stderr
+        untouched = create(form)
+        too_long = create(deep_merge(form, {"settings": {"validate": {"max_new_tokens": 300}}}))
+        assert untouched.status_code == too_long.status_code == 201, (untouched.text, too_long.text)
+
+        work = tmp_path / "worker-work"
+        worker_env = {**env, "FRAGUA_WORK_DIR": str(work), "FRAGUA_TRACKING__API_KEY": ENV_CANARY}
+        worker_output = prefect("worker", "start", "--pool", "fragua-process", "--run-once", env=worker_env, timeout=600)
+
+        done = httpx.get(f"{api}/flow_runs/{untouched.json()['id']}", timeout=10).json()
+        assert done["state"]["type"] == "COMPLETED", done["state"]
+        assert (work / "intake.db").is_file()  # the worker's FRAGUA_WORK_DIR, not the schema's old default ".fragua"
+        for name, value in {**deployment["job_variables"]["env"], "FRAGUA_WORK_DIR": str(work)}.items():
+            monkeypatch.setenv(name, value)
+        stored = done["parameters"]["settings"]
+        effective = Settings.load(**stored)
+        assert effective.work_dir == work
+        assert (effective.train.batch_size, effective.validate.min_score) == (8, 0.1)  # the development profile's, not the defaults
+        assert effective.intake.min_new_examples == 10 and effective.registry.auto_deploy  # the deployment's own parameters
+
+        failed = httpx.get(f"{api}/flow_runs/{too_long.json()['id']}", timeout=10).json()
+        assert failed["state"]["type"] == "FAILED"
+        assert "validate.max_new_tokens (300) must be below train.max_seq_length (256)" in failed["state"]["message"]
+        assert "Traceback" not in worker_output
+
+        logs = httpx.post(f"{api}/logs/filter", json={}, timeout=30).text
+        assert "Traceback" not in logs
+
+        runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=30).text
+        database = b"".join(path.read_bytes() for path in server.home.rglob("*") if path.is_file())
+        for secret in (CANARY, ENV_CANARY):
+            assert secret not in worker_output + logs + runs + cli.stdout + cli.stderr
+            assert secret.encode() not in database
+    finally:
+        server.stop()

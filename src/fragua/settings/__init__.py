@@ -8,6 +8,7 @@ with what they share in ``base``. Import the names from here.
 from fragua.settings.base import NAME_PATTERN, check_name, resource_path, shipped_profiles
 from fragua.settings.data import HF_PREFIX, MODEL_STRATEGIES, DataSettings, DomainRule, ExpandGenerationSettings, ExpandSettings, SourceSpec
 from fragua.settings.operations import IntakeSettings, NotificationSettings, RegistrySettings, ScaleSettings, TrackingSettings
+from fragua.settings.parameters import SettingsOverrides, SettingsParameter, settings_from_overrides
 from fragua.settings.root import Settings, describe_validation_error, parse_overrides
 from fragua.settings.train import AccelerateSettings, HpoSettings, LoraSettings, QuantSettings, TinyBaseSettings, TrainSettings
 from fragua.settings.validate import ChatSettings, ScoreMetric, ValidateSettings
@@ -31,6 +32,8 @@ __all__ = [
     "ScaleSettings",
     "ScoreMetric",
     "Settings",
+    "SettingsOverrides",
+    "SettingsParameter",
     "SourceSpec",
     "TinyBaseSettings",
     "TrackingSettings",
@@ -40,5 +43,6 @@ __all__ = [
     "describe_validation_error",
     "parse_overrides",
     "resource_path",
+    "settings_from_overrides",
     "shipped_profiles",
 ]

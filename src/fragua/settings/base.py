@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 ENV_PREFIX = "FRAGUA_"
 ENV_NESTED_DELIMITER = "__"
@@ -33,6 +34,11 @@ def check_name(value: str, what: str) -> str:
             "(no '/', '..', spaces or control characters), at most 100 characters"
         )
     return value
+
+
+def is_secret(annotation: Any) -> bool:
+    """Whether a field of this type holds a secret (``SecretStr`` or ``SecretStr | None``)."""
+    return annotation is SecretStr or SecretStr in getattr(annotation, "__args__", ())
 
 
 class Section(BaseModel):

@@ -26,7 +26,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from fragua.settings.base import ENV_NESTED_DELIMITER, ENV_PREFIX, PROFILE_ENV, SETTINGS_FILE_ENV, shipped_profiles
+from fragua.settings.base import ENV_NESTED_DELIMITER, ENV_PREFIX, PROFILE_ENV, SETTINGS_FILE_ENV, is_secret, shipped_profiles
 from fragua.settings.data import DataSettings, ExpandSettings
 from fragua.settings.operations import IntakeSettings, NotificationSettings, RegistrySettings, ScaleSettings, TrackingSettings
 from fragua.settings.train import HpoSettings, TrainSettings
@@ -242,6 +242,17 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return result
 
 
+def _is_secret_field(loc: list[Any]) -> bool:
+    """Whether an error's location is a secret field, whose value an error message must not repeat."""
+    model: Any = Settings
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return False
+        model = field.annotation
+    return is_secret(model)
+
+
 def describe_validation_error(error: ValidationError) -> str:
     """One line per bad field, naming its dotted path, the value given and how to set it."""
     lines = []
@@ -250,6 +261,6 @@ def describe_validation_error(error: ValidationError) -> str:
         path = ".".join(str(part) for part in loc) or "settings"
         env = ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(p).upper() for p in loc if not isinstance(p, int))
         given = item.get("input")
-        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        shown = "" if isinstance(given, dict) or _is_secret_field(loc) else f" (got {given!r})"
         lines.append(f"{path}: {item['msg']}{shown} [set it with --set {path}=…, {env}, or a settings file]")
     return "invalid settings:\n  " + "\n  ".join(lines)
