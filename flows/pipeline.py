@@ -52,10 +52,10 @@ def pipeline_flow(settings: Settings | None = None) -> PipelineResult:
         report_path=deployed.report_path or validation.report_path,
         reasons=validation.decision.reasons,
     )
-    return pipeline_end(settings, result)
+    return _finish(settings, result)
 
 
-def pipeline_end(settings: Settings, result: PipelineResult) -> State[PipelineResult]:
+def _finish(settings: Settings, result: PipelineResult) -> State[PipelineResult]:
     label_run(tags=model_tags(settings, result.version))
     outcome = CandidateOutcome(**result.model_dump())
     return finish(

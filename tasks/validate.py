@@ -43,7 +43,7 @@ def evaluate_task(settings: Settings, dataset_id: str, model_path: str, name: st
     return evaluation
 
 
-# Only production is scored by version (the drift guard's reference goes through best-reference).
+# validate_flow scores the production version with it (the drift guard's reference goes through best-reference).
 @task(name="evaluate-version", task_run_name="evaluate-production-{version}", **_STORAGE)
 def evaluate_version_task(settings: Settings, dataset_id: str, version: str) -> Evaluation:
     evaluation = evaluate_version(settings, dataset_id, version)

@@ -18,17 +18,21 @@ def _top_level(tag: str):
 
 
 def _last_log_lines(run, count: int = 2) -> list[str]:
+    """The run's last log lines, once they reached the server (they are shipped in the
+    background; Prefect's "Finished in state" line comes last)."""
     import asyncio
 
     from prefect import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.client.schemas.sorting import LogSort
-    from prefect.logging.handlers import APILogHandler
 
     async def read() -> list[str]:
-        await APILogHandler.aflush()  # the run's logs are shipped in the background
         async with get_client() as client:
-            logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), sort=LogSort.TIMESTAMP_DESC, limit=count)
+            for _ in range(240):
+                logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), sort=LogSort.TIMESTAMP_DESC, limit=count)
+                if logs and logs[0].message.startswith("Finished in state"):
+                    break
+                await asyncio.sleep(0.5)
             return [log.message for log in reversed(logs)]
 
     return asyncio.run(read())
