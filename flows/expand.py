@@ -10,9 +10,10 @@ from fragua.settings import Settings, SettingsParameter
 from fragua.tasks.data import expand_task, ingest_task
 
 from . import notify_failure
+from .outcome import named_after
 
 
-@flow(name="expand", on_failure=[notify_failure])
+@flow(name="expand", flow_run_name=named_after("expand", "dataset_id"), on_failure=[notify_failure])
 def expand_flow(settings: SettingsParameter | None = None, dataset_id: str | None = None) -> DatasetManifest:
     """Augment the train split of a dataset version toward expand.expansion_factor."""
     settings = settings or Settings.load()

@@ -12,10 +12,11 @@ from fragua.tasks.train import base_model_task, hpo_plan_task, hpo_record_task, 
 from fragua.train.hpo import HpoResult, trial_rows
 
 from . import notify_failure
+from .outcome import named_after
 
 
 # One trial at a time: each already uses every core (or the GPU) it is given.
-@flow(name="hpo", on_failure=[notify_failure], task_runner=ThreadPoolTaskRunner(max_workers=1))
+@flow(name="hpo", flow_run_name=named_after("hpo", "dataset_id"), on_failure=[notify_failure], task_runner=ThreadPoolTaskRunner(max_workers=1))
 def hpo_flow(settings: SettingsParameter | None = None, dataset_id: str | None = None) -> HpoResult:
     """Search learning rate, LoRA rank/alpha and epochs within hpo.trials and hpo.time_budget_minutes."""
     settings = settings or Settings.load()

@@ -10,9 +10,10 @@ from fragua.settings import Settings, SettingsParameter
 from fragua.tasks.data import ingest_task
 
 from . import notify_failure
+from .outcome import named_after
 
 
-@flow(name="ingest", on_failure=[notify_failure])
+@flow(name="ingest", flow_run_name=named_after("ingest"), on_failure=[notify_failure])
 def ingest_flow(settings: SettingsParameter | None = None) -> DatasetManifest:
     """Read data.sources into canonical records, quarantine bad rows, split, store a dataset version."""
     settings = settings or Settings.load()

@@ -10,9 +10,10 @@ from fragua.tasks.train import base_model_task, train_task
 from fragua.train.report import TrainReport
 
 from . import notify_failure
+from .outcome import named_after
 
 
-@flow(name="train", on_failure=[notify_failure])
+@flow(name="train", flow_run_name=named_after("train", "dataset_id"), on_failure=[notify_failure])
 def train_flow(settings: SettingsParameter | None = None, dataset_id: str | None = None) -> TrainReport:
     """Fine-tune the base model on a dataset version (the sources are ingested when none is given)."""
     settings = settings or Settings.load()

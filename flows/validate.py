@@ -11,9 +11,10 @@ from fragua.tasks.registry import production_task
 from fragua.tasks.validate import evaluate_task, evaluate_version_task, load_run_task, record_validation_task, reference_task
 
 from . import notify_failure
+from .outcome import named_after
 
 
-@flow(name="validate", on_failure=[notify_failure])
+@flow(name="validate", flow_run_name=named_after("validate", "run_id", otherwise="validate-newest-run"), on_failure=[notify_failure])
 def validate_flow(settings: SettingsParameter | None = None, run_id: str | None = None) -> ValidationOutcome:
     """Score a trained run, the base model, the production version and the best promoted version on one validation set; apply the gates."""
     settings = settings or Settings.load()

@@ -36,14 +36,15 @@ def _log_scores(name: str, evaluation: Evaluation) -> None:
     get_run_logger().info("%s on %d examples: %s", name, overall.n, scores)
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@task(name="evaluate", task_run_name="evaluate-{name}", cache_policy=NO_CACHE)
 def evaluate_task(settings: Settings, dataset_id: str, model_path: str, name: str, run_id: str | None = None) -> Evaluation:
     evaluation = evaluate_model(settings, dataset_id, model_path, name=name, run_id=run_id)
     _log_scores(name, evaluation)
     return evaluation
 
 
-@task(name="evaluate-version", **_STORAGE)
+# validate_flow scores the production version with it (the drift guard's reference goes through best-reference).
+@task(name="evaluate-version", task_run_name="evaluate-production-{version}", **_STORAGE)
 def evaluate_version_task(settings: Settings, dataset_id: str, version: str) -> Evaluation:
     evaluation = evaluate_version(settings, dataset_id, version)
     _log_scores(version, evaluation)

@@ -12,6 +12,7 @@ from fragua.registry import open_registry
 from fragua.settings import Settings
 
 from .conftest import EXAMPLES
+from .prefect_runs import flow_runs, latest_artifact, tagged
 from .webhook import WebhookReceiver
 
 pytestmark = pytest.mark.e2e
@@ -48,14 +49,24 @@ def test_ten_examples_through_the_api_become_a_version_nine_do_nothing(prefect_a
 
         nine = client.post("/examples/batch", json={"examples": [example(i) for i in range(9)]}, headers=HEADERS)
         assert nine.status_code == 201 and nine.json()["created"] == 9
-        skipped = autotrain_flow(settings)
+        with tagged() as tag:
+            skipped = autotrain_flow(settings)
         assert (skipped.state, skipped.pending, skipped.needed) == ("skipped", 9, 10)
+        [(_, run)] = flow_runs(tag)
+        assert (run.name, run.state.name, run.state.message) == (skipped.run_id, "Nothing to train", "9 examples pending, 10 needed")
         assert [m.version for m in open_registry(settings).versions()] == ["fragua-tiny-v1"]
         assert client.get("/stats", headers=HEADERS).json()["examples"] == {"pending": 9, "training": 0, "trained": 0, "duplicate": 0}
 
         assert client.post("/examples", json=example(9), headers=HEADERS).status_code == 201
-        result = autotrain_flow(settings)
+        with tagged() as tag:
+            result = autotrain_flow(settings)
         assert (result.state, result.examples, result.version, result.production) == ("trained", 10, "fragua-tiny-v2", "fragua-tiny-v2")
+        [run] = [run for flow, run in flow_runs(tag) if flow == "autotrain"]
+        assert (run.name, run.state.name) == (result.run_id, "Promoted") and "version:fragua-tiny-v2" in run.tags
+        assert run.state.message == "fragua-tiny-v2 promoted to production (was fragua-tiny-v1)"
+        summary = latest_artifact(tag, "autotrain").data
+        assert summary.startswith("# Autotrain: Promoted") and f"| intake run | `{result.run_id}` |" in summary
+        assert "| production before | `fragua-tiny-v1` |" in summary and "10 trained on" in summary
 
         stats = client.get("/stats", headers=HEADERS).json()
         assert stats["production_version"] == "fragua-tiny-v2"

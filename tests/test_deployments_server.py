@@ -65,6 +65,12 @@ def test_deploy_all_run_pipeline_with_a_worker(prefect_server, tiny_base, tmp_pa
 
     run = httpx.get(f"{env['PREFECT_API_URL']}/flow_runs/{flow_run_id}", timeout=10).json()
     assert run["state"]["type"] == "COMPLETED", run["state"]
+    # What the UI's run list and run page show: the outcome, not only a green Completed.
+    assert (run["name"], run["state"]["name"]) == ("pipeline-batch1", "Promoted"), run["state"]
+    assert run["state"]["message"] == "fragua-tiny-v1 promoted to production (was unset)"
+    assert {"model:fragua", "version:fragua-tiny-v1"} <= set(run["tags"])
+    artifacts = httpx.post(f"{env['PREFECT_API_URL']}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}, timeout=10).json()
+    assert [a["key"] for a in artifacts] == ["pipeline"] and artifacts[0]["data"].startswith("# Pipeline: Promoted")
     registry = open_registry(Settings(work_dir=work))
     assert [m.version for m in registry.versions()] == ["fragua-tiny-v1"]
     assert registry.alias("production")[0].version == "fragua-tiny-v1"

@@ -16,7 +16,7 @@ from fragua.registry import open_registry
 from fragua.settings import Settings
 
 from .conftest import EXAMPLES
-from .prefect_runs import latest_artifact, tagged
+from .prefect_runs import flow_runs, latest_artifact, tagged
 
 pytestmark = pytest.mark.e2e
 
@@ -59,6 +59,13 @@ def test_a_destroyed_candidate_is_rejected_naming_the_metric_and_production_stay
     assert [m.version for m in registry.versions()] == ["fragua-tiny-v1"]
     assert registry.alias("production")[0].version == "fragua-tiny-v1"
     assert len(registry.history()) == 1
+
+    [run] = [run for flow, run in flow_runs(tag) if flow == "pipeline"]
+    assert run.state.type.value == "COMPLETED" and run.state.name == "Rejected"  # not a plain green Completed
+    assert run.state.message.startswith(f"validation rejected run {challenger.run_id}: FAIL ")
+    assert run.state.message.endswith("production stays fragua-tiny-v1")
+    summary = latest_artifact(tag, "pipeline").data
+    assert "| validation | FAILED |" in summary and "| version produced | none |" in summary and "- FAIL token_f1" in summary
 
     report = latest_artifact(tag, "validation-report")
     assert f"# Validation of run `{challenger.run_id}`: FAILED" in report.data
