@@ -3,6 +3,7 @@ state's name and message, its tags, a summary artifact, and task runs named for 
 
 from __future__ import annotations
 
+
 import pytest
 
 from fragua.reports.outcome import NOT_PROMOTED, PROMOTED, REJECTED, CandidateOutcome, candidate_verdict
@@ -10,6 +11,20 @@ from fragua.settings import Settings
 
 from .conftest import EXAMPLES, QUICK
 from .prefect_runs import flow_runs, latest_artifact, tagged, task_runs
+
+
+@pytest.fixture
+def run_logs_at_info():
+    """Flow-run logs at INFO, as a worker sends them to the UI, whatever PREFECT_LOGGING_LEVEL the
+    suite runs with (`make test` sets WARNING): the outcome line is an INFO line. Set through
+    Prefect's settings, so a re-run of its logging set-up during the test keeps it."""
+    from prefect.logging.configuration import setup_logging
+    from prefect.settings import PREFECT_LOGGING_LEVEL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_LOGGING_LEVEL: "INFO"}):
+        setup_logging()
+        yield
+    setup_logging()
 
 
 def _top_level(tag: str):
@@ -40,7 +55,7 @@ def _last_log_lines(run, count: int = 2) -> list[str]:
 
 @pytest.mark.e2e
 @pytest.mark.slow(seconds=60)
-def test_pipeline_runs_name_promoted_and_not_promoted_with_a_summary(prefect_api, tiny_base, tmp_path):
+def test_pipeline_runs_name_promoted_and_not_promoted_with_a_summary(prefect_api, tiny_base, tmp_path, run_logs_at_info):
     from fragua.flows.pipeline import pipeline_flow
 
     data = {"sources": [{"path": str(EXAMPLES / "batch1")}]}
@@ -110,7 +125,7 @@ def test_the_verdict_names_promoted_not_promoted_and_rejected_apart():
 
 
 @pytest.mark.e2e
-def test_a_registered_version_promoted_through_the_deploy_flow_says_so(prefect_api, validated_work, tmp_path):
+def test_a_registered_version_promoted_through_the_deploy_flow_says_so(prefect_api, validated_work, tmp_path, run_logs_at_info):
     """What `deploy/default` with `version` does from the UI, after a run that only registered it."""
     import shutil
 
