@@ -254,13 +254,19 @@ def _is_secret_field(loc: list[Any]) -> bool:
 
 
 def describe_validation_error(error: ValidationError) -> str:
-    """One line per bad field, naming its dotted path, the value given and how to set it."""
+    """One line per bad field, naming its dotted path, the value given and how to set it; a rule
+    across fields is its own message (it names the fields). A single problem is a single line."""
     lines = []
     for item in error.errors():
         loc = [part for part in item["loc"] if part != "[key]"]  # pydantic appends "[key]" for a bad mapping key
-        path = ".".join(str(part) for part in loc) or "settings"
+        if not loc:  # a model validator: the rule's message already names the fields it relates
+            lines.append(item["msg"].removeprefix("Value error, "))
+            continue
+        path = ".".join(str(part) for part in loc)
         env = ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(p).upper() for p in loc if not isinstance(p, int))
         given = item.get("input")
         shown = "" if isinstance(given, dict) or _is_secret_field(loc) else f" (got {given!r})"
         lines.append(f"{path}: {item['msg']}{shown} [set it with --set {path}=…, {env}, or a settings file]")
+    if len(lines) == 1:
+        return f"invalid settings: {lines[0]}"
     return "invalid settings:\n  " + "\n  ".join(lines)
