@@ -9,6 +9,7 @@ from fragua.settings.base import NAME_PATTERN, check_name, resource_path, shippe
 from fragua.settings.data import HF_PREFIX, MODEL_STRATEGIES, DataSettings, DomainRule, ExpandGenerationSettings, ExpandSettings, SourceSpec
 from fragua.settings.operations import IntakeSettings, NotificationSettings, RegistrySettings, ScaleSettings, TrackingSettings
 from fragua.settings.parameters import SettingsOverrides, SettingsParameter, settings_from_overrides
+from fragua.settings.serve import ServeSettings
 from fragua.settings.root import Settings, describe_validation_error, parse_overrides
 from fragua.settings.train import AccelerateSettings, HpoSettings, LoraSettings, QuantSettings, TinyBaseSettings, TrainSettings
 from fragua.settings.validate import ChatSettings, ScoreMetric, ValidateSettings
@@ -31,6 +32,7 @@ __all__ = [
     "RegistrySettings",
     "ScaleSettings",
     "ScoreMetric",
+    "ServeSettings",
     "Settings",
     "SettingsOverrides",
     "SettingsParameter",

@@ -29,6 +29,7 @@ from pydantic_settings import (
 from fragua.settings.base import ENV_NESTED_DELIMITER, ENV_PREFIX, PROFILE_ENV, SETTINGS_FILE_ENV, is_secret, shipped_profiles
 from fragua.settings.data import DataSettings, ExpandSettings
 from fragua.settings.operations import IntakeSettings, NotificationSettings, RegistrySettings, ScaleSettings, TrackingSettings
+from fragua.settings.serve import ServeSettings
 from fragua.settings.train import HpoSettings, TrainSettings
 from fragua.settings.validate import ChatSettings, ValidateSettings
 
@@ -124,6 +125,7 @@ class Settings(BaseSettings):
     notifications: NotificationSettings = Field(default_factory=NotificationSettings, description="Deploy, rollback and failure notifications.")
     chat: ChatSettings = Field(default_factory=ChatSettings, description="Generation settings of `fragua chat`.")
     scale: ScaleSettings = Field(default_factory=ScaleSettings, description="Task runner of per-shard work (threads, Dask, Ray).")
+    serve: ServeSettings = Field(default_factory=ServeSettings, description="The OpenAI-compatible server `fragua serve`.")
 
     @classmethod
     def settings_customise_sources(
