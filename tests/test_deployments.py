@@ -43,7 +43,8 @@ def test_deployment_parameters_validate_against_settings(deployment, monkeypatch
 
 def test_every_flow_has_a_deployment():
     entrypoints = {d["entrypoint"].split(":")[1] for d in DEPLOYMENTS}
-    assert {"pipeline_flow", "ingest_flow", "expand_flow", "train_flow", "validate_flow", "deploy_flow", "rollback_flow", "hpo_flow", "autotrain_flow"} <= entrypoints
+    assert {"pipeline_flow", "ingest_flow", "expand_flow", "train_flow", "validate_flow", "deploy_flow", "rollback_flow", "hpo_flow", "autotrain_flow",
+            "canary_flow", "promote_flow"} <= entrypoints
 
 
 def test_schedules_are_well_formed():
