@@ -179,9 +179,9 @@ class ServingLog:
             "messages": response.messages if self.log_requests else None,
             "answer": response.answer if self.log_requests else None,
         }
-        statement = _UPSERTS[self.engine.dialect.name](ServedRow).on_conflict_do_nothing(index_elements=[ServedRow.response_id])
+        statement = _UPSERTS[self.engine.dialect.name](ServedRow).values(row).on_conflict_do_nothing(index_elements=[ServedRow.response_id])
         with self._session() as session, session.begin():
-            return bool(session.execute(statement, [row]).rowcount)
+            return session.execute(statement.returning(ServedRow.response_id)).first() is not None
 
     # feedback ----------------------------------------------------------------------------
 
