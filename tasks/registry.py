@@ -7,6 +7,7 @@ from prefect.transactions import Transaction, get_transaction
 
 from fragua.jobs.registry import Promotion, allocate_version, clean_registry, promote_version, publish_run, verify_version
 from fragua.registry import open_registry
+from fragua.registry.canary import CANARY, end_canary, promote_canary, start_canary
 from fragua.registry.versions import PRODUCTION, AliasState, CleanupReport, VersionManifest
 from fragua.settings import Settings
 
@@ -96,3 +97,32 @@ def rollback_task(settings: Settings, to: str | None, actor: str | None) -> Alia
     state = open_registry(settings).rollback(to, actor=actor)
     get_run_logger().info("production rolled back %s -> %s", state.previous, state.version)
     return state
+
+
+@task(name="canary-version", **_STORAGE)
+def canary_task(settings: Settings) -> AliasState | None:
+    state, _ = open_registry(settings).alias(CANARY)
+    get_run_logger().info("canary: %s", f"{state.version} at {state.traffic_percent:g}%" if state and state.traffic_percent else "none")
+    return state
+
+
+@task(name="start-canary", **_STORAGE)
+def start_canary_task(settings: Settings, version: str, percent: float, reason: str, actor: str | None) -> AliasState:
+    state = start_canary(open_registry(settings), version, percent, reason=reason, actor=actor)
+    get_run_logger().info("canary -> %s at %g%% of production's requests (was %s)", state.version, percent, state.previous or "none")
+    return state
+
+
+@task(name="promote-canary", **_STORAGE)
+def promote_canary_task(settings: Settings, reason: str, actor: str | None, expected_version: str | None = None) -> AliasState:
+    state = promote_canary(open_registry(settings), reason=reason, actor=actor, expected_version=expected_version)
+    get_run_logger().info("production -> %s (previous: %s); the canary ended", state.version, state.previous)
+    return state
+
+
+@task(name="end-canary", **_STORAGE)
+def end_canary_task(settings: Settings, reason: str, actor: str | None, expected_version: str | None = None) -> AliasState | None:
+    ended = end_canary(open_registry(settings), reason=reason, actor=actor, expected_version=expected_version)
+    if ended is not None:
+        get_run_logger().info("canary %s ended: %s", ended.version, reason)
+    return ended

@@ -7,7 +7,7 @@ with what they share in ``base``. Import the names from here.
 
 from fragua.settings.base import NAME_PATTERN, check_name, resource_path, shipped_profiles
 from fragua.settings.data import HF_PREFIX, MODEL_STRATEGIES, DataSettings, DomainRule, ExpandGenerationSettings, ExpandSettings, SourceSpec
-from fragua.settings.operations import IntakeSettings, NotificationSettings, RegistrySettings, ScaleSettings, TrackingSettings
+from fragua.settings.operations import CanarySettings, IntakeSettings, NotificationSettings, RegistrySettings, ScaleSettings, TrackingSettings
 from fragua.settings.parameters import SettingsOverrides, SettingsParameter, settings_from_overrides
 from fragua.settings.serve import ServeSettings
 from fragua.settings.root import Settings, describe_validation_error, parse_overrides
@@ -19,6 +19,7 @@ __all__ = [
     "MODEL_STRATEGIES",
     "NAME_PATTERN",
     "AccelerateSettings",
+    "CanarySettings",
     "ChatSettings",
     "DataSettings",
     "DomainRule",
