@@ -229,3 +229,25 @@ def validated_work(tmp_path_factory) -> tuple[Path, str]:
     candidate = evaluate_model(settings, dataset.id, trained.adapter_dir, name="candidate")
     record_validation(settings, trained.run_id, dataset.id, candidate, None, None, None)
     return work, trained.run_id
+
+
+@pytest.fixture(scope="session")
+def published_work(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A work dir whose registry holds two published adapter versions of the tiny base
+    (different training seeds), production pointing at the first."""
+    work = tmp_path_factory.mktemp("published") / "work"
+    from fragua.jobs.data import ingest_sources
+    from fragua.jobs.registry import promote_version, publish_run
+    from fragua.jobs.train import train_model
+    from fragua.jobs.validate import evaluate_model, record_validation
+
+    dataset = ingest_sources(Settings(work_dir=work, **QUICK))
+    versions = []
+    for seed in (1, 2):
+        settings = Settings(work_dir=work, **{**QUICK, "train": {**QUICK["train"], "seed": seed}})
+        trained = train_model(settings, dataset.id)
+        candidate = evaluate_model(settings, dataset.id, trained.adapter_dir, name="candidate")
+        record_validation(settings, trained.run_id, dataset.id, candidate, None, None, None)
+        versions.append(publish_run(settings, trained.run_id).version)
+    promote_version(Settings(work_dir=work, **QUICK), versions[0], expected_production=None, reason="first deploy")
+    return work, versions

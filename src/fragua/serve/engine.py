@@ -7,8 +7,9 @@ version on first use and yields the answer's text piece by piece, then one ``Com
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
 from fragua.data.records import Message
 
@@ -72,8 +73,10 @@ class EngineStats:
     """Counters for /metrics and /ready."""
 
     loaded: list[str] = field(default_factory=list)
-    running: int = 0
-    waiting: int = 0
+    running: int = 0  # requests decoding now
+    waiting: int = 0  # requests waiting for a batch slot
+    steps: int = 0  # decoding steps since start
+    decoded_rows: int = 0  # tokens decoded since start: decoded_rows / steps is the mean batch size
 
 
 class Engine(Protocol):

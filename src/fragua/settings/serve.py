@@ -47,7 +47,7 @@ class ServeSettings(Section):
     )
 
     @model_validator(mode="after")
-    def _limits_fit(self) -> "ServeSettings":
+    def _limits_fit(self) -> ServeSettings:
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError(f"serve.default_max_tokens ({self.default_max_tokens}) exceeds serve.max_tokens_limit ({self.max_tokens_limit})")
         return self
