@@ -8,11 +8,13 @@ from prefect.transactions import transaction
 
 from fragua.jobs.registry import DeployOutcome, version_file
 from fragua.jobs.validate import ValidationOutcome
-from fragua.registry.versions import AliasState
+from fragua.registry.versions import PRODUCTION, AliasState
 from fragua.reports.outcome import PROMOTED, CandidateOutcome, Verdict, candidate_verdict, promote_hint
 from fragua.settings import Settings, SettingsParameter
 from fragua.tasks.notify import notify_task
-from fragua.tasks.registry import allocate_task, confirm_task, production_task, promote_task, publish_task, retention_task, rollback_task, verify_task
+from fragua.tasks.registry import (
+    allocate_task, check_server_task, confirm_task, production_task, promote_task, publish_task, retention_task, rollback_task, verify_task,
+)
 from fragua.tasks.validate import load_run_task, load_validation_task
 
 from . import current_actor, notify_failure
@@ -100,9 +102,11 @@ def _end(settings: Settings, validation: ValidationOutcome, deployed: DeployOutc
 
 @flow(name="rollback", flow_run_name=named_after("rollback-to", "to", otherwise="rollback"), on_failure=[notify_failure])
 def rollback_flow(settings: SettingsParameter | None = None, to: str | None = None) -> AliasState:
-    """Point production back to the previous version (or ``to``); no weights are copied."""
+    """Point production back to the previous version (or ``to``); no weights are copied. With
+    serve.server_url, the server is then told to reload and must answer with that version."""
     settings = settings or Settings.load()
     state = rollback_task(settings, to, current_actor())
+    check_server_task(settings, PRODUCTION, state.version)
     _notify(settings, "rollback", f"Fragua: production rolled back to {state.version}", f"production: {state.previous} -> {state.version}")
     create_markdown_artifact(
         f"# Rollback\n\nproduction: `{state.previous}` → `{state.version}`", key="rollback", description="Rollback"

@@ -46,9 +46,18 @@ def error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error_body(error.status, error.message, error.param, error.code), status_code=error.status, headers=error.headers)
 
 
+# What pydantic puts in a location besides field names: the member of a union that failed
+# (``str``, ``list[TextPart]``, ``function-after[...]``); OpenAI's parameter names are snake_case.
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "json-or-python"}
+
+
+def _is_field(part: Any) -> bool:
+    return isinstance(part, int) or (part not in _TYPE_TAGS and not any(c in part for c in "[(-") and not part[:1].isupper())
+
+
 def _param(loc: tuple[Any, ...] | list[Any]) -> str | None:
     """``["body", "messages", 0, "content"]`` -> ``messages[0].content``."""
-    parts = [p for p in loc if p != "body"]
+    parts = [p for p in loc if p != "body" and _is_field(p)]
     text = ""
     for part in parts:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
@@ -71,7 +80,8 @@ def install_error_handlers(app: FastAPI, count: ErrorCounter) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+        # the deepest problem: of a union's alternatives, the one the value came closest to
+        first = max(errors, key=lambda e: len(e.get("loc", ()))) if errors else {"loc": ("body",), "msg": "invalid request"}
         param = _param(first.get("loc", ()))
         message = f"{param}: {first['msg']}" if param else str(first["msg"])
         if len(errors) > 1:

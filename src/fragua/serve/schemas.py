@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator, model_validator
 
 from fragua.data.records import Message
 from fragua.serve.engine import Prompt, SamplingParams
@@ -56,24 +56,25 @@ def refuse_unsupported(data: Any) -> Any:
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    include_usage: bool = Field(False, description="Send the token counts in a last chunk before [DONE].")
+    include_usage: StrictBool = Field(False, description="Send the token counts in a last chunk before [DONE].")
 
 
 class GenerationRequest(BaseModel):
-    """What chat and text completions share."""
+    """What chat and text completions share. Types are strict, as OpenAI's: ``"stream": "yes"`` or
+    ``"max_tokens": "8"`` are 400s, not guesses."""
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str | None = Field(None, min_length=1, max_length=200, description="An alias (production, canary, ...) or a version name; serve.default_model when absent.")
-    temperature: float | None = Field(None, ge=0, le=2, description="0 picks the most likely token; higher values sample more freely (default 1).")
-    top_p: float | None = Field(None, gt=0, le=1, description="Sample only from the most likely tokens whose probabilities add up to top_p (default 1).")
-    max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate (at most serve.max_tokens_limit; default serve.default_max_tokens).")
-    max_completion_tokens: int | None = Field(None, ge=1, description="The newer name of max_tokens; wins when both are given.")
+    model: StrictStr | None = Field(None, min_length=1, max_length=200, description="An alias (production, canary, ...) or a version name; serve.default_model when absent.")
+    temperature: StrictFloat | None = Field(None, ge=0, le=2, description="0 picks the most likely token; higher values sample more freely (default 1).")
+    top_p: StrictFloat | None = Field(None, gt=0, le=1, description="Sample only from the most likely tokens whose probabilities add up to top_p (default 1).")
+    max_tokens: StrictInt | None = Field(None, ge=1, description="Most tokens to generate (at most serve.max_tokens_limit; default serve.default_max_tokens).")
+    max_completion_tokens: StrictInt | None = Field(None, ge=1, description="The newer name of max_tokens; wins when both are given.")
     stop: str | list[str] | None = Field(None, description=f"Up to {MAX_STOP} texts that end the answer (not included in it).")
-    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="Same seed, prompt and version: the same answer on the same device.")
-    n: int = Field(1, description="Answers per request; only 1 is supported.")
-    user: str | None = Field(None, max_length=256, description="The end user's id: a canary keeps each user on one version.")
-    stream: bool = Field(False, description="Send the answer as server-sent events while it is generated.")
+    seed: StrictInt | None = Field(None, ge=-(2**63), le=2**63 - 1, description="Same seed, prompt and version: the same answer on the same device.")
+    n: StrictInt = Field(1, description="Answers per request; only 1 is supported.")
+    user: StrictStr | None = Field(None, max_length=256, description="The end user's id: a canary keeps each user on one version.")
+    stream: StrictBool = Field(False, description="Send the answer as server-sent events while it is generated.")
     stream_options: StreamOptions | None = None
 
     @model_validator(mode="before")
