@@ -35,6 +35,7 @@ def serve(
     from fragua.registry import open_registry
     from fragua.serve.app import create_app
     from fragua.serve.auth import ServeError, api_key
+    from fragua.serve.engine import EngineError
 
     settings = load_settings(ctx)
     try:
@@ -45,7 +46,11 @@ def serve(
     if token is None and bind not in LOOPBACK:
         console.print(f"[yellow]warning:[/yellow] serving on {bind} without an API key: anyone who can reach it may use it (set serve.api_key)", highlight=False)
     registry = open_registry(settings)
-    app_ = create_app(settings, open_engine(settings, registry), registry, token=token)
+    try:
+        engine = open_engine(settings, registry)
+    except EngineError as exc:  # e.g. serve.engine = "vllm" without CUDA or vLLM installed
+        raise_user(str(exc))
+    app_ = create_app(settings, engine, registry, token=token)
     with exit_on_sigterm():
         uvicorn.run(
             app_, host=bind, port=settings.serve.port if port is None else port, log_level="info",
