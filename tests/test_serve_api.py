@@ -224,7 +224,7 @@ def test_feedback_rates_a_recent_answer_by_its_id(server, client):
     assert rated.status_code == 200 and rated.json() == {"response_id": answer.id, "version": v2, "rating": 1, "correction": False}
     unknown = httpx.post(url, json={"response_id": "chatcmpl-unknown", "rating": -1}, headers=running.headers, timeout=30)
     assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "response_id"
-    for rating in (5, "good", 0.5, None):
+    for rating in (0, 5, "good", 0.5, None):
         bad = httpx.post(url, json={"response_id": answer.id, "rating": rating}, headers=running.headers, timeout=30)
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "rating"
     metrics = httpx.get(f"{running.url}/metrics", timeout=30).text

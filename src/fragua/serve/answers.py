@@ -136,9 +136,9 @@ class Answers:
                 last = self._chunk(request, None, None)
                 last["choices"], last["usage"] = [], _usage(item)
                 yield _event(last)
-            yield "data: [DONE]\n\n"
             settled = True
-            await self._answered(request, item)
+            await self._answered(request, item)  # before [DONE]: feedback sent on seeing it finds the answer
+            yield "data: [DONE]\n\n"
         except EngineError as exc:
             # Headers are sent: the failure travels as an error event, which OpenAI's clients raise.
             settled = True
@@ -160,7 +160,7 @@ class Answers:
     async def _answered(self, request: Request, completion: Completion) -> None:
         latency = time.monotonic() - request.started
         self.metrics.answered(request.route.version, request.endpoint, 200, latency, completion.prompt_tokens, completion.completion_tokens)
-        served = self._served(request, 200, latency, completion=completion)
+        served = self._served(request, latency, completion=completion)
         self.recent.add(served)
         await self._log(served)
 
@@ -168,15 +168,17 @@ class Answers:
         """``error``, logged and marked with the version (the error handler counts it in /metrics)."""
         latency = time.monotonic() - request.started
         error.version = request.route.version
-        await self._log(self._served(request, error.status, latency, error=error.message))
+        await self._log(self._served(request, latency, error=error))
         return error
 
-    def _served(self, request: Request, status: int, latency: float, *, completion: Completion | None = None, error: str | None = None) -> Served:
+    def _served(self, request: Request, latency_s: float, *, completion: Completion | None = None, error: ApiError | None = None) -> Served:
+        prompt = request.prompt
+        messages = [m.model_dump() for m in prompt.messages] if prompt.messages is not None else [{"role": "user", "content": prompt.text or ""}]
         return Served(
-            response_id=request.response_id, version=request.route.version, requested_model=request.requested_model, endpoint=request.endpoint,
-            prompt=request.prompt, answer=completion.text if completion else "", finish_reason=completion.finish_reason if completion else None,
+            response_id=request.response_id, version=request.route.version, requested_model=request.requested_model, user=request.user,
+            created_at=datetime.fromtimestamp(request.created, timezone.utc), latency_ms=latency_s * 1000,
             prompt_tokens=completion.prompt_tokens if completion else 0, completion_tokens=completion.completion_tokens if completion else 0,
-            latency_s=latency, user=request.user, created_at=datetime.fromtimestamp(request.created, timezone.utc), status=status, error=error,
+            ok=error is None, error_type=error.code if error else None, messages=messages, answer=completion.text if completion else None,
         )
 
     async def _log(self, served: Served) -> None:

@@ -130,13 +130,16 @@ def create_app(settings: Settings, engine: Engine, registry: Registry, *, token:
                                param="response_id", code="response_not_found")
             if body.correction is not None:
                 raise ApiError(503, "this server keeps no serving log, so a correction cannot be stored; send the rating alone", param="correction")
+            version = served.version
         else:
+            question = served.question if served is not None else None
             try:
-                served = await asyncio.to_thread(serving_log.feedback, body.response_id, body.rating, body.correction, served)
+                rated = await asyncio.to_thread(serving_log.feedback, body.response_id, body.rating, body.correction, question)
             except UnknownResponse as exc:
                 raise ApiError(404, str(exc), param="response_id", code="response_not_found") from exc
-        metrics.rated(served.version, body.rating, body.correction is not None)
-        return {"response_id": body.response_id, "version": served.version, "rating": body.rating, "correction": body.correction is not None}
+            version = rated.version
+        metrics.rated(version, body.rating, body.correction is not None)
+        return {"response_id": body.response_id, "version": version, "rating": body.rating, "correction": body.correction is not None}
 
     @guarded.post("/admin/reload", tags=["admin"])
     async def reload() -> dict[str, Any]:

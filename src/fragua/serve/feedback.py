@@ -13,45 +13,53 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
-
-from fragua.serve.engine import Prompt
+from typing import Protocol
 
 
 @dataclass(frozen=True)
 class Served:
-    """One request the server answered (``error`` None) or failed, for the version that had it."""
+    """One request the server answered (``ok``) or failed, for the version that had it. The fields
+    are those of the serving log's ``ServedResponse``, so a log takes it as it is."""
 
     response_id: str
     version: str
     requested_model: str  # what the client asked for: an alias or the version itself
-    endpoint: Literal["chat", "completion"]
-    prompt: Prompt
-    answer: str
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    latency_s: float
     user: str | None
     created_at: datetime
-    status: int  # the HTTP status the client got (200, or the error's)
-    error: str | None = None
+    latency_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    ok: bool
+    error_type: str | None  # the error's code when not ok, e.g. 'model_unavailable'
+    messages: list[dict[str, str]]  # the request's {role, content} messages (a text prompt as one user message)
+    answer: str | None
+
+    @property
+    def question(self) -> str | None:
+        """What a correction answers: the last user message."""
+        users = [m["content"] for m in self.messages if m["role"] == "user"]
+        return users[-1] if users else None
 
 
 class UnknownResponse(LookupError):
     """Feedback for a response id the server does not know (never given, or forgotten)."""
 
 
+class Rated(Protocol):
+    version: str
+
+
 class ServingLog(Protocol):
     """Where served requests and feedback go (the intake database's serving log)."""
 
-    def record(self, served: Served) -> None:
-        """Keep one served request; called off the event loop, after the answer is complete."""
+    def record(self, response: Served) -> object:
+        """Keep one served request; called off the event loop, once the answer is complete and
+        before the client has all of it (so feedback can follow at once)."""
 
-    def feedback(self, response_id: str, rating: int, correction: str | None, served: Served | None) -> Served:
-        """Store a rating (and a correction as a pending intake example) for ``response_id``;
-        ``served`` is the answer when it is still in memory. Returns the rated answer; raises
-        UnknownResponse when neither ``served`` nor the log knows the id."""
+    def feedback(self, response_id: str, rating: int, correction: str | None = None, question: str | None = None) -> Rated:
+        """Store a rating (and a correction, with the ``question`` it answers, as a pending intake
+        example) for ``response_id``; returns what names the rated version. Raises
+        UnknownResponse when the log does not know the id."""
 
 
 class RecentResponses:

@@ -168,7 +168,7 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     response_id: str = Field(min_length=1, max_length=100, description="The id of the answer rated (chatcmpl-… or cmpl-…).")
-    rating: Literal[-1, 0, 1] = Field(description="-1 bad, 0 neutral, 1 good.")
+    rating: Literal[-1, 1] = Field(description="-1 bad, 1 good.")
     correction: str | None = Field(
         None, min_length=1, max_length=TEXT_LIMIT,
         description="What the answer should have been; it becomes a pending intake example (question and this answer) for the next training.",
