@@ -114,11 +114,11 @@ class Router:
             self._versions.update(routes.values())
             canary_routed = routes.get(CANARY) == share_version
             self.canary_percent = share if share_version and canary_routed else 0.0
-            if self.default_model not in aliases and self.default_model != PRODUCTION and self._loaded_default != self.default_model:
-                # the default is a version name: load it up front, like an alias in use
-                if await self._load(self.default_model, retry_failed):
-                    self._loaded_default = self.default_model
-                    self._versions.add(self.default_model)
+            default_is_version = self.default_model not in aliases and self.default_model != PRODUCTION
+            # a version as the default is loaded up front, like an alias in use
+            if default_is_version and self._loaded_default != self.default_model and await self._load(self.default_model, retry_failed):
+                self._loaded_default = self.default_model
+                self._versions.add(self.default_model)
 
     async def _load(self, version: str, retry_failed: bool) -> bool:
         failed_at = self._failed.get(version)
