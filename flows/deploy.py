@@ -12,13 +12,13 @@ from pydantic import Field
 
 from fragua.jobs.registry import DeployOutcome, RollbackOutcome, version_file
 from fragua.jobs.validate import ValidationOutcome
-from fragua.registry.versions import AliasState
+from fragua.registry.versions import PRODUCTION, AliasState
 from fragua.reports.canary import started_verdict
 from fragua.reports.outcome import PROMOTED, CandidateOutcome, Verdict, candidate_verdict, promote_hint
 from fragua.settings import Settings, SettingsParameter
 from fragua.tasks.registry import (
-    allocate_task, canary_task, confirm_task, end_canary_task, production_task, promote_task, publish_task, retention_task, rollback_task,
-    start_canary_task, verify_task,
+    allocate_task, canary_task, check_server_task, confirm_task, end_canary_task, production_task, promote_task, publish_task, retention_task,
+    rollback_task, start_canary_task, verify_task,
 )
 from fragua.tasks.validate import load_run_task, load_validation_task
 
@@ -141,7 +141,8 @@ def _end(settings: Settings, validation: ValidationOutcome, deployed: DeployOutc
 
 @flow(name="rollback", flow_run_name=named_after("rollback-to", "to", otherwise="rollback"), on_failure=[notify_failure])
 def rollback_flow(settings: SettingsParameter | None = None, to: str | None = None) -> RollbackOutcome:
-    """Point production back to the previous version (or ``to``); no weights are copied.
+    """Point production back to the previous version (or ``to``); no weights are copied. With
+    serve.server_url, the server is then told to reload and must answer with that version.
 
     While a canary runs, a rollback without ``to`` only ends the canary (production already
     serves the version it was on); with ``to`` it moves production and ends the canary too."""
@@ -156,6 +157,7 @@ def rollback_flow(settings: SettingsParameter | None = None, to: str | None = No
         create_markdown_artifact(f"# Rollback\n\n{line}", key="rollback", description="Rollback")
         return RollbackOutcome(production=production, moved=False, canary_ended=canary.version)
     state = rollback_task(settings, to, actor)
+    check_server_task(settings, PRODUCTION, state.version)
     ended = end_canary_task(settings, f"rollback of production to {state.version}", actor) if canary is not None else None
     also = f"; canary {ended.version} ended" if ended else ""
     notify(settings, "rollback", f"Fragua: production rolled back to {state.version}", f"production: {state.previous} -> {state.version}{also}")

@@ -6,6 +6,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.transactions import Transaction, get_transaction
 
 from fragua.jobs.registry import Promotion, allocate_version, clean_registry, promote_version, publish_run, verify_version
+from fragua.jobs.serving import check_server, tell_server_to_reload
 from fragua.registry import open_registry
 from fragua.registry.canary import CANARY, end_canary, promote_canary, start_canary
 from fragua.registry.versions import PRODUCTION, AliasState, CleanupReport, VersionManifest
@@ -74,14 +75,21 @@ def restore_production(transaction: Transaction) -> None:
     logger = get_run_logger()
     if restored:
         logger.warning("production restored to %s", promotion.production.previous or "unset")
+        tell_server_to_reload(transaction.get("settings"))
     else:
         logger.warning("production was moved by someone else after %s; left as it is", promotion.production.version)
 
 
 @task(name="confirm-production", **_IN_TRANSACTION)
 def confirm_task(settings: Settings, version: str) -> None:
+    """Production resolves to ``version`` with all its files; with serve.server_url, the server
+    loaded it and answers with it (else the deploy's transaction puts production back)."""
     open_registry(settings).confirm(PRODUCTION, version)
-    get_run_logger().info("production resolves to %s and all its files are in the registry", version)
+    logger = get_run_logger()
+    logger.info("production resolves to %s and all its files are in the registry", version)
+    answer = check_server(settings, PRODUCTION, version)
+    if answer is not None:
+        logger.info("the server at %s serves %s as production; it answered: %r", settings.serve.server_url, version, answer)
 
 
 @task(name="apply-retention", **_STORAGE)
@@ -126,3 +134,13 @@ def end_canary_task(settings: Settings, reason: str, actor: str | None, expected
     if ended is not None:
         get_run_logger().info("canary %s ended: %s", ended.version, reason)
     return ended
+
+
+@task(name="check-server", retries=0, cache_policy=NO_CACHE)
+def check_server_task(settings: Settings, alias: str, version: str) -> str | None:
+    """The server at serve.server_url (when set) serves ``version`` as ``alias`` and answers with it.
+    Not retried: the server has loaded and answered within serve.check_timeout_s or it cannot."""
+    answer = check_server(settings, alias, version)
+    if answer is not None:
+        get_run_logger().info("the server at %s serves %s as %s; it answered: %r", settings.serve.server_url, version, alias, answer)
+    return answer

@@ -2,7 +2,7 @@
 
 This module holds the app, its global options and the list of commands; each command group
 lives in its own module (``data``, ``train``, ``validate``, ``registry``, ``pipeline``, ``chat``,
-``intake``, ``requests``, ``blocks``), with what they share in ``common`` and how they print in ``render``.
+``intake``, ``requests``, ``serve``, ``blocks``), with what they share in ``common`` and how they print in ``render``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Optional
 
 import typer
 
-from fragua.cli import blocks, chat, data, intake, pipeline, registry, requests, train, validate
+from fragua.cli import blocks, chat, data, intake, pipeline, registry, requests, serve, train, validate
 
 app = typer.Typer(help="Fragua: question/answer data in, validated and versioned LLM fine-tunes out.", no_args_is_help=True, pretty_exceptions_enable=False)
 
@@ -61,6 +61,7 @@ COMMANDS = [
     ("autotrain", train.autotrain),
     ("version", pipeline.show_version),
     ("serve-api", intake.serve_api),
+    ("serve", serve.serve),
 ]
 for name, command in COMMANDS:
     app.command(name)(command)

@@ -47,6 +47,15 @@ class ServeSettings(Section):
     default_max_tokens: int = Field(256, ge=1, description="max_tokens of a request that sets none (capped by the model's context).")
     watch_interval_s: float = Field(2.0, gt=0, le=300, description="How often the server reads the registry's aliases, so a deploy or rollback takes effect without a restart.")
     log_requests: bool = Field(False, description="Keep every prompt and answer in the intake database (for review and `fragua import-data`); off, only counts, latency and feedback are kept.")
+    recent_responses: int = Field(
+        10_000, ge=1, le=10_000_000,
+        description="Answers kept in memory by response id, so feedback with a correction knows the question even when log_requests is off; older ones can still be rated through the serving log.",
+    )
+    shutdown_grace_s: float = Field(30.0, ge=0, le=3600, description="On SIGTERM, how long answers in progress may take to finish before the server stops anyway.")
+    check_timeout_s: float = Field(
+        300.0, gt=0, le=3600,
+        description="How long a deploy waits for the server at server_url to load the new version and answer with it (loading includes downloading it).",
+    )
     server_url: str | None = Field(
         None, pattern=r"^https?://[^\s/]+(/.*)?$",
         description="URL of a running `fragua serve` (e.g. http://127.0.0.1:8000): deploys and rollbacks tell it to reload aliases and check the new version answers.",
