@@ -21,6 +21,7 @@ from fragua.data.records import CHOICE_LETTERS, Message, Record, answer_index, m
 from fragua.inference.generation import batches, generate_answers
 from fragua.models.templates import IGNORE_INDEX, encode_conversation, generation_prompt
 from fragua.settings import ScoreMetric, ValidateSettings
+from fragua.validate.judge import VERDICT_SCORES
 from fragua.validate.metrics import choose_option, corpus_bleu, numeric_match, rouge_l, sentence_bleu
 from fragua.validate.references import best_scores, gold_answers
 
@@ -61,6 +62,7 @@ class MetricSet(BaseModel):
     n_numeric: int = Field(0, description="Free-form items whose reference is a number (numeric accuracy).")
     n_choice: int = Field(0, description="Multiple-choice items with an answer (mc accuracy).")
     n_judged: int = Field(0, description="Generated answers the judge read (judge_score).")
+    verdicts: dict[str, int] = Field(default_factory=dict, description="Judged answers per verdict (correct, partially correct, incorrect).")
 
     def value(self, metric: str) -> float | None:
         value = getattr(self, metric)
@@ -279,6 +281,7 @@ def aggregate(results: Sequence[ItemResult], *, bleu_tokenize: str = "13a") -> M
         n_numeric=len(numeric),
         n_choice=len(choices),
         n_judged=len(judged),
+        verdicts={verdict: sum(1 for r in judged if r.judge_verdict == verdict) for verdict in VERDICT_SCORES} if judged else {},
     )
 
 
