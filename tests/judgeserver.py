@@ -24,13 +24,13 @@ from fastapi.responses import JSONResponse
 _SECTION = re.compile(
     r"(?:Reference|Referencia|References \(any one is correct\)|Referencias \(cualquiera es correcta\)):\n(?P<refs>.*?)\n\n"
     r"(?:Answer|Respuesta)(?P<rest>.*)$",
-    re.S,
+    re.DOTALL,
 )
 
 
 def _references(block: str) -> list[str]:
     lines = [line for line in block.splitlines() if line.strip()]
-    return [line[2:] if line.startswith("- ") else line for line in lines]
+    return [line.removeprefix("- ") for line in lines]
 
 
 def _words(text: str) -> set[str]:
@@ -84,7 +84,7 @@ class JudgeServer:
             match = _SECTION.search(user)
             assert match, user
             references, rest = _references(match.group("refs")), match.group("rest")
-            pair = re.match(r" A:\n(?P<a>.*?)\n\n(?:Answer|Respuesta) B:\n(?P<b>.*)$", rest, re.S)
+            pair = re.match(r" A:\n(?P<a>.*?)\n\n(?:Answer|Respuesta) B:\n(?P<b>.*)$", rest, re.DOTALL)
             if pair:
                 winner = "A" if model == "first" else winner_for(references, pair.group("a"), pair.group("b"))
                 content = json.dumps({"winner": winner})

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fragua.models.identity import locate_base
-from fragua.models.loading import load_for_inference
+from fragua.models.loading import LoadedModel, load_for_inference
 from fragua.registry import open_registry
 from fragua.registry.versions import RegistryError
 from fragua.settings import Settings
@@ -56,7 +56,7 @@ def open_judge(settings: Settings) -> Judge | None:
     except RegistryError as exc:
         raise JudgeError(f"validate.judge.model {config.model!r} is neither a model folder nor a registry version ({exc})") from exc
 
-    def load():  # noqa: ANN202 - the loaded model, fetched and checksum-verified first
+    def load() -> LoadedModel:  # the version's files are fetched and checksum-verified first
         return load_for_inference(registry.fetch(config.model), settings.train, base_model=locate_base(manifest.lineage, settings.base_model_ref))
 
     backend = LocalJudge(load, identity=f"version:{config.model}", label=f"version {config.model}", max_new_tokens=config.max_new_tokens, batch_size=config.concurrency)

@@ -43,12 +43,12 @@ def versus_production_section(comparison: HeadToHead | None, production_label: s
     lines = [f"## Candidate vs {production_label}, answer by answer", ""]
     rate = comparison.win_rate
     if rate is not None:
-        lines += [
+        summary = (
             f"Judged pairwise on {rate.n} shared questions, each in both orders: "
             f"**{rate.wins} wins, {rate.ties} ties, {rate.losses} losses**; "
-            f"win rate {rate.rate:.4f} (a tie counts half; 95% Wilson interval {rate.low:.4f}-{rate.high:.4f}).",
-            "",
-        ]
+            f"win rate {rate.rate:.4f} (a tie counts half; 95% Wilson interval {rate.low:.4f}-{rate.high:.4f})."
+        )
+        lines += [summary, ""]
     else:
         lines += [f"{comparison.shared} shared free-form questions; no judge (validate.judge.model), so no win rate.", ""]
     if not comparison.differences:
@@ -58,7 +58,7 @@ def versus_production_section(comparison: HeadToHead | None, production_label: s
     if compact:
         rows = [
             {
-                "question": Cell(escape(clip(pair.question, DIFFERENCE_CELL_CHARS)) + "<br>**reference** " + escape(clip(pair.reference or "-", DIFFERENCE_CELL_CHARS))),
+                "question": Cell(f"{escape(clip(pair.question, DIFFERENCE_CELL_CHARS))}<br>**reference** {escape(clip(pair.reference or '-', DIFFERENCE_CELL_CHARS))}"),
                 "candidate": Cell(escape(clip(pair.candidate or "-", DIFFERENCE_CELL_CHARS))),
                 "production": Cell(escape(clip(pair.production or "-", DIFFERENCE_CELL_CHARS))),
                 "scores": f"{_score(pair.candidate_score)} vs {_score(pair.production_score)}" + (f", {pair.outcome}" if pair.outcome else ""),

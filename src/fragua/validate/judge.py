@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -148,17 +147,14 @@ def pair_prompt(item: JudgeItem, first: str, second: str) -> list[ChatMessage]:
 
 # Reading replies ---------------------------------------------------------------------------
 
-_FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
-
-
 def parse_reply(text: str, model: type[Reply]) -> Reply:
-    """The one JSON object of a reply (a ```json fence around it is allowed); ValueError otherwise."""
-    stripped = _FENCE.sub("", text.strip())
-    start, end = stripped.find("{"), stripped.rfind("}")
+    """The one JSON object of a reply, from its first '{' to its last '}' (a ```json fence or a
+    lead-in sentence around it is ignored), with the rubric's fields; ValueError otherwise."""
+    start, end = text.find("{"), text.rfind("}")
     if start < 0 or end < start:
         raise ValueError("no JSON object in the reply")
     try:
-        return model.model_validate(json.loads(stripped[start: end + 1]))
+        return model.model_validate(json.loads(text[start: end + 1]))
     except (json.JSONDecodeError, ValidationError) as exc:
         raise ValueError(" ".join(str(exc).split())) from exc
 
@@ -170,12 +166,16 @@ _ENTRIES = TypeAdapter(dict[str, dict[str, Any]])
 
 class VerdictCache:
     """Parsed replies under ``folder/<hash of judge identity and rubric version>.json``, keyed by
-    a hash of what was asked; written whole and atomically after each batch of new verdicts."""
+    a hash of what was asked; written whole and atomically after each batch of new verdicts,
+    merged with what another judge object saved meanwhile."""
 
     def __init__(self, folder: Path, identity: str) -> None:
         digest = hashlib.sha256(json.dumps([identity, RUBRIC_VERSION]).encode()).hexdigest()[:16]
         self.path = folder / f"{digest}.json"
-        self.entries: dict[str, dict[str, Any]] = _ENTRIES.validate_json(self.path.read_bytes()) if self.path.is_file() else {}
+        self.entries = self._stored()
+
+    def _stored(self) -> dict[str, dict[str, Any]]:
+        return _ENTRIES.validate_json(self.path.read_bytes()) if self.path.is_file() else {}
 
     @staticmethod
     def key(kind: str, item: JudgeItem, *answers: str) -> str:
@@ -183,6 +183,7 @@ class VerdictCache:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.entries = {**self._stored(), **self.entries}
         handle, staging = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
         with os.fdopen(handle, "wb") as out:
             out.write(_ENTRIES.dump_json(self.entries))
@@ -200,6 +201,8 @@ class Judge:
         """Cached replies for ``keys``; the rest asked in one batch, the unreadable ones once more."""
         results: dict[int, Reply] = {i: model.model_validate(self.cache.entries[k]) for i, k in enumerate(keys) if k in self.cache.entries}
         pending = [i for i in range(len(keys)) if i not in results]
+        if not pending:
+            return [results[i] for i in range(len(keys))]
         failures: dict[int, tuple[str, str]] = {}
         for _attempt in range(2):
             if not pending:

@@ -9,7 +9,8 @@ place that reads a record's answers, so a new multi-reference format is taught h
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 from fragua.validate.metrics import exact_match, normalize_answer, token_f1
 
