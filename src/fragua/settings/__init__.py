@@ -7,6 +7,7 @@ with what they share in ``base``. Import the names from here.
 
 from fragua.settings.base import NAME_PATTERN, check_name, resource_path, shipped_profiles
 from fragua.settings.data import HF_PREFIX, MODEL_STRATEGIES, DataSettings, DomainRule, ExpandGenerationSettings, ExpandSettings, SourceSpec
+from fragua.settings.judge import JudgeSettings
 from fragua.settings.operations import CanarySettings, IntakeSettings, NotificationSettings, RegistrySettings, ScaleSettings, TrackingSettings
 from fragua.settings.parameters import SettingsOverrides, SettingsParameter, settings_from_overrides
 from fragua.settings.serve import ServeSettings
@@ -27,6 +28,7 @@ __all__ = [
     "ExpandSettings",
     "HpoSettings",
     "IntakeSettings",
+    "JudgeSettings",
     "LoraSettings",
     "NotificationSettings",
     "QuantSettings",
