@@ -9,7 +9,8 @@ from fragua.jobs.registry import Promotion, allocate_version, clean_registry, pr
 from fragua.jobs.serving import check_server, tell_server_to_reload
 from fragua.registry import open_registry
 from fragua.registry.canary import CANARY, end_canary, promote_canary, start_canary
-from fragua.registry.versions import PRODUCTION, AliasState, CleanupReport, VersionManifest
+from fragua.registry.retention import CleanupReport
+from fragua.registry.versions import PRODUCTION, AliasState, VersionManifest
 from fragua.settings import Settings
 
 from . import STORAGE_RETRY_DELAYS, transient_only

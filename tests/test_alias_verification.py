@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from fragua.registry.downloads import STAGING_SUFFIX
+from fragua.registry.retention import cleanup
 from fragua.registry.versions import Registry, RegistryError, VersionDamaged
 from fragua.storage.store import LocalStore, ObjectStore
 
@@ -184,7 +185,7 @@ def test_staging_folders_of_killed_downloads_are_removed_and_live_ones_kept(tmp_
         recent = cache / f".{version}.just-made{STAGING_SUFFIX}"
         recent.mkdir()
 
-        planned = reg.cleanup(keep_last=None, grace=timedelta(hours=1), dry_run=True)
+        planned = cleanup(reg, keep_last=None, grace=timedelta(hours=1), dry_run=True)
         assert sorted(planned.stale_downloads) == sorted([killed_folder, old.name])
         assert (cache / killed_folder).is_dir()
 
@@ -194,7 +195,7 @@ def test_staging_folders_of_killed_downloads_are_removed_and_live_ones_kept(tmp_
     finally:
         live.kill()
         live.wait()
-    report = reg.cleanup(keep_last=None, grace=timedelta(hours=1))  # `fragua registry gc`
+    report = cleanup(reg, keep_last=None, grace=timedelta(hours=1))  # `fragua registry gc`
     assert report.stale_downloads == [live_folder]
     assert sorted(p.name for p in cache.iterdir()) == sorted([recent.name, version])
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fragua.registry.retention import cleanup
 from fragua.registry.versions import AliasConflict, Registry, RegistryError, sha256_file, size_label
 from fragua.storage.s3 import S3Store
 from fragua.storage.store import LocalStore, ObjectStore
@@ -319,12 +320,12 @@ def test_gc_removes_unfinished_versions_and_never_reuses_their_number(store, tmp
     reg = registry(store)
     v1 = published(reg, tmp_path, "one")
     half = unfinished(reg, tmp_path)
-    recent = reg.cleanup(keep_last=None, grace=timedelta(hours=1))
+    recent = cleanup(reg, keep_last=None, grace=timedelta(hours=1))
     assert recent.unfinished == [] and recent.too_recent == [half]
     assert store.list_keys(f"{reg.version_prefix(half)}/")  # an upload may still be running: left alone
-    planned = reg.cleanup(keep_last=None, grace=timedelta(0), dry_run=True)
+    planned = cleanup(reg, keep_last=None, grace=timedelta(0), dry_run=True)
     assert planned.unfinished == [half] and store.list_keys(f"{reg.version_prefix(half)}/")
-    report = reg.cleanup(keep_last=None, grace=timedelta(0))
+    report = cleanup(reg, keep_last=None, grace=timedelta(0))
     assert report.unfinished == [half] and report.deleted_objects == 1
     assert store.list_keys(f"{reg.version_prefix(half)}/") == []
     assert [m.version for m in reg.versions()] == [v1]
@@ -337,7 +338,7 @@ def test_retention_keeps_the_last_k_and_every_aliased_version(store, tmp_path):
     reg.promote(versions[0], reason="old production")
     reg.promote(versions[1], reason="production")  # previous -> versions[0]
     reg.set_alias("staging", versions[2], reason="a custom alias")
-    report = reg.cleanup(keep_last=2, grace=timedelta(0))
+    report = cleanup(reg, keep_last=2, grace=timedelta(0))
     assert report.expired == [versions[3]]
     assert report.kept_for_alias == versions[:3]
     assert [m.version for m in reg.versions()] == [versions[0], versions[1], versions[2], versions[4], versions[5]]
@@ -376,7 +377,7 @@ def test_gc_aborts_multipart_uploads_left_by_a_killed_process(s3_settings):
     key = f"{store.prefix}/{reg.version_prefix(version)}/adapter_model.safetensors"
     store.client.create_multipart_upload(Bucket=store.bucket, Key=key)
     # (moto reports every upload as initiated in 2010, so the grace period is not exercised here)
-    assert reg.cleanup(keep_last=None, grace=timedelta(0)).aborted_uploads == 1
+    assert cleanup(reg, keep_last=None, grace=timedelta(0)).aborted_uploads == 1
     assert store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", []) == []
 
 

@@ -13,7 +13,8 @@ from fragua.jobs.validate import keep_scores_as_version, load_validation
 from fragua.models.identity import base_model_identity, locate_base
 from fragua.models.loading import load_for_inference
 from fragua.registry import open_registry
-from fragua.registry.versions import PREVIOUS, PRODUCTION, AliasState, CleanupReport, Registry, RegistryError, VersionManifest, size_label
+from fragua.registry.retention import CleanupReport, cleanup
+from fragua.registry.versions import PREVIOUS, PRODUCTION, AliasState, Registry, RegistryError, VersionManifest, size_label
 from fragua.reports.model_card import model_card
 from fragua.settings import Settings
 from fragua.storage import open_store
@@ -185,7 +186,8 @@ def clean_registry(
 ) -> CleanupReport:
     """`fragua registry gc`: unfinished versions past the grace period, then retention (keep_last)."""
     grace = settings.registry.gc_grace_minutes if grace_minutes is None else grace_minutes
-    return open_registry(settings).cleanup(
+    return cleanup(
+        open_registry(settings),
         keep_last=keep_last if keep_last is not None else settings.registry.keep_last,
         grace=timedelta(minutes=grace),
         dry_run=dry_run,

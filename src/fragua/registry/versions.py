@@ -20,13 +20,13 @@ import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from fragua.registry.downloads import MANIFEST, ProgressFactory, download_version, remove_stale_staging
+from fragua.registry.downloads import MANIFEST, ProgressFactory, download_version
 from fragua.registry.verify import Verification, VerificationCache, folder_matches, sha256_file, verify_in_store
 from fragua.settings import NAME_PATTERN, check_name
 from fragua.storage.store import NotFound, ObjectStore, PreconditionFailed, Progress
@@ -124,19 +124,6 @@ def _is_name(value: str) -> bool:
 
 def _no_progress(description: str, total: int) -> AbstractContextManager[Progress | None]:
     return nullcontext(None)
-
-
-class CleanupReport(BaseModel):
-    """What `gc` and retention removed (or, in a dry run, would remove)."""
-
-    unfinished: list[str] = Field(default_factory=list, description="Versions without a manifest whose files were removed.")
-    expired: list[str] = Field(default_factory=list, description="Published versions removed by retention (keep_last).")
-    kept_for_alias: list[str] = Field(default_factory=list, description="Versions retention would drop but an alias points to.")
-    too_recent: list[str] = Field(default_factory=list, description="Unfinished versions left alone: maybe still uploading.")
-    aborted_uploads: int = Field(0, description="Multipart uploads left by killed processes that were aborted.")
-    stale_downloads: list[str] = Field(default_factory=list, description="Staging folders of killed downloads removed from the local cache.")
-    deleted_objects: int = 0
-    dry_run: bool = False
 
 
 class Registry:
@@ -247,10 +234,10 @@ class Registry:
 
     def versions(self) -> list[VersionManifest]:
         """Published versions (with a manifest), oldest first."""
-        manifests = [m for m in map(self._existing_manifest, self._version_folders()) if m is not None]
+        manifests = [m for m in map(self._existing_manifest, self.version_folders()) if m is not None]
         return sorted(manifests, key=lambda m: m.number)
 
-    def _version_folders(self) -> list[str]:
+    def version_folders(self) -> list[str]:
         """Every version folder in the store, finished or not."""
         return [name for name in self.store.list_children(f"{self.prefix}/versions/") if _is_name(name)]
 
@@ -469,63 +456,3 @@ class Registry:
             for key in self.store.list_keys(f"{self.prefix}/events/")
         ]
         return sorted(events, key=lambda e: e.at)
-
-    # Garbage collection and retention ---------------------------------------------------
-
-    def cleanup(self, *, keep_last: int | None, grace: timedelta, dry_run: bool = False) -> CleanupReport:
-        """Remove unfinished versions older than ``grace`` and, with ``keep_last``, all but the
-        newest ``keep_last`` published versions; a version an alias points to is never removed.
-        Allocations stay, so a removed version's number is never handed out again."""
-        report = CleanupReport(dry_run=dry_run, stale_downloads=remove_stale_staging(self.cache_root, dry_run=dry_run))
-        published = {m.version: m for m in self.versions()}
-        cutoff = datetime.now(timezone.utc) - grace
-        for folder in self._version_folders():
-            if folder in published:
-                continue
-            allocated = self._allocated_at(folder)
-            (report.unfinished if allocated is None or allocated <= cutoff else report.too_recent).append(folder)
-        if keep_last is not None:
-            aliased = {state.version for state in self.aliases().values()}
-            for manifest in sorted(published.values(), key=lambda m: m.number)[:-keep_last]:
-                (report.kept_for_alias if manifest.version in aliased else report.expired).append(manifest.version)
-        if dry_run:
-            return report
-        for version in report.unfinished:
-            report.deleted_objects += self._delete_files(version)
-        for version in list(report.expired):
-            removed = self._delete_published(version)
-            if removed is None:
-                report.expired.remove(version)
-                report.kept_for_alias.append(version)
-            else:
-                report.deleted_objects += removed
-        abort = getattr(self.store, "abort_unfinished_uploads", None)
-        if abort is not None:
-            report.aborted_uploads = abort(f"{self.prefix}/versions/", older_than=cutoff)
-        return report
-
-    def _allocated_at(self, version: str) -> datetime | None:
-        match = re.search(r"-v(\d+)$", version)
-        if not match:
-            return None
-        try:
-            claim = json.loads(self.store.get_bytes(f"{self.prefix}/allocations/v{match.group(1)}.json")[0])
-        except NotFound:
-            return None
-        return datetime.fromisoformat(claim["allocated_at"])
-
-    def _delete_files(self, version: str) -> int:
-        keys = self.store.list_keys(f"{self.version_prefix(version)}/")
-        self.store.delete_many(keys)
-        return len(keys)
-
-    def _delete_published(self, version: str) -> int | None:
-        """Manifest first (the version disappears at once), then its files; None if an alias
-        moved to it meanwhile, in which case the manifest is put back and nothing else goes."""
-        key = f"{self.version_prefix(version)}/{MANIFEST}"
-        body, _ = self.store.get_bytes(key)
-        self.store.delete(key)
-        if any(state.version == version for state in self.aliases().values()):
-            self.store.put_bytes(key, body, if_none_match=True)
-            return None
-        return self._delete_files(version) + 1
