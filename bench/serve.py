@@ -25,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 
+from pydantic import BaseModel
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = {"tracking": {"mode": "disabled"}, "train": {"max_steps": 2}, "validate": {"max_examples": 4, "min_score": 0.0, "require_beat_base": False}}
 
@@ -53,12 +55,19 @@ def build_work_dir(work: Path) -> str:
     return version
 
 
+class ChatRequest(BaseModel):
+    model: str
+    messages: list[dict[str, str]]
+    max_tokens: int = 64
+    temperature: float = 0.0
+
+
 def baseline_app(work: Path, version: str):
     """What a user writes first: load the model, answer each request with generate, one at a time."""
     import torch
     from fastapi import FastAPI
-    from pydantic import BaseModel
 
+    from fragua.data.records import Message
     from fragua.inference.choice import load_model, resolve_model
     from fragua.models.templates import generation_prompt, stop_token_ids
     from fragua.settings import Settings
@@ -69,19 +78,13 @@ def baseline_app(work: Path, version: str):
     lock = threading.Lock()
     app = FastAPI()
 
-    class ChatRequest(BaseModel):
-        model: str
-        messages: list[dict]
-        max_tokens: int = 64
-        temperature: float = 0.0
-
     @app.get("/ready")
     def ready() -> dict:
         return {"status": "ready"}
 
     @app.post("/v1/chat/completions")
     def chat(request: ChatRequest) -> dict:
-        text = generation_prompt(tokenizer, request.messages)
+        text = generation_prompt(tokenizer, [Message(**m) for m in request.messages])
         ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(model.device)
         with lock, torch.no_grad():
             output = model.generate(**ids, max_new_tokens=request.max_tokens, do_sample=False, eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)
