@@ -39,7 +39,10 @@ def question_key(item: EvalItem) -> str:
 def scoring_key(settings: ValidateSettings, max_length: int) -> str:
     """What else decides a score: generation budget, prompt length, metric options."""
     fields = settings.model_dump(include={"max_new_tokens", "bleu_tokenize", "numeric_percent_as_fraction", "numeric_tolerance"})
-    return hashlib.sha256(json.dumps({**fields, "max_length": max_length}, sort_keys=True).encode()).hexdigest()[:16]
+    # Multiple-choice options are tokenised as lm-eval tokenises them since "choice-encoding": 2;
+    # scores cached before that are not comparable.
+    content = {**fields, "max_length": max_length, "choice-encoding": 2}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class ScoreCache:
