@@ -16,7 +16,9 @@ from fragua.jobs.validate import (
 )
 from fragua.settings import Settings
 from fragua.train.runs import RunFolder
+from fragua.validate.benchmarks import BenchmarkComparison
 from fragua.validate.drift import ReferenceComparison
+from fragua.validate.retention import Retention
 from fragua.validate.scoring import Evaluation
 
 from . import STORAGE_RETRY_DELAYS, transient_only
@@ -69,8 +71,12 @@ def record_validation_task(
     production: Evaluation | None,
     production_version: str | None,
     reference: ReferenceComparison | None = None,
+    benchmarks: BenchmarkComparison | None = None,
+    retention: Retention | None = None,
 ) -> ValidationOutcome:
-    outcome = record_validation(settings, run_id, dataset_id, candidate, base, production, production_version, reference)
+    outcome = record_validation(
+        settings, run_id, dataset_id, candidate, base, production, production_version, reference, benchmarks=benchmarks, retention=retention,
+    )
     logger = get_run_logger()
     logger.info("validation %s", "passed" if outcome.decision.passed else "FAILED")
     for reason in outcome.decision.reasons:

@@ -17,9 +17,11 @@ from fragua.registry.versions import PRODUCTION, Registry, RegistryError
 from fragua.reports.validation import validation_report
 from fragua.settings import Settings
 from fragua.train.runs import RunFolder
+from fragua.validate.benchmarks import BenchmarkComparison
 from fragua.validate.drift import ReferenceComparison, ScoreCache, best_reference, question_key, scoring_key
 from fragua.validate.gates import Decision, decide
 from fragua.validate.plots import loss_curve, metric_bars
+from fragua.validate.retention import Retention
 from fragua.validate.scoring import EvalItem, Evaluation, ItemResult, score_items, spread_samples, summarize
 
 logger = logging.getLogger("fragua.jobs")
@@ -34,6 +36,8 @@ class ValidationOutcome(BaseModel):
     production_version: str | None
     reference: ReferenceComparison | None = Field(None, description="Candidate vs the best promoted (or pinned) version on shared questions.")
     decision: Decision
+    benchmarks: BenchmarkComparison | None = Field(None, description="validate.benchmarks on candidate, production and base (lm-eval).")
+    retention: Retention | None = Field(None, description="Learning and forgetting on samples of the team's own trained examples.")
     report_path: str
     eval_path: str
     plots: dict[str, str] = Field(default_factory=dict, description="Plot name -> PNG in the run's validation folder.")
@@ -156,6 +160,9 @@ def record_validation(
     production: Evaluation | None,
     production_version: str | None,
     reference: ReferenceComparison | None = None,
+    *,
+    benchmarks: BenchmarkComparison | None = None,
+    retention: Retention | None = None,
 ) -> ValidationOutcome:
     """Apply the gates; write eval.json, report.md and the plots into the run's validation
     folder; log metrics, decision and plots to tracking."""
@@ -166,6 +173,7 @@ def record_validation(
         production=production.overall if production else None,
         production_version=production_version,
         reference=reference,
+        benchmarks=benchmarks,
     )
     run = RunFolder.of(settings.runs_path, run_id)
     run.validation_dir.mkdir(parents=True, exist_ok=True)
@@ -180,6 +188,8 @@ def record_validation(
         reference=reference,
         decision=decision,
         plots={name: path.name for name, path in plots.items()},
+        benchmarks=benchmarks,
+        retention=retention,
     )
     outcome = ValidationOutcome(
         run_id=run_id,
@@ -190,6 +200,8 @@ def record_validation(
         production_version=production_version,
         reference=reference,
         decision=decision,
+        benchmarks=benchmarks,
+        retention=retention,
         report_path=str(run.validation_report_file),
         eval_path=str(run.validation_file),
         plots={name: str(path) for name, path in plots.items()},
@@ -207,6 +219,9 @@ def record_validation(
         if reference:
             metrics.update({f"best/{k}": v for k, v in reference.reference.model_dump(exclude_none=True).items()})
             metrics.update({f"candidate_on_best_questions/{k}": v for k, v in reference.candidate.model_dump(exclude_none=True).items()})
+        if benchmarks:
+            for label, scores in (("candidate", benchmarks.candidate), ("production", benchmarks.production), ("base", benchmarks.base)):
+                metrics.update({f"benchmarks/{label}/{task}/{score.metric}": score.value for task, score in (scores or {}).items()})
         tracker.log(metrics)
         for name, path in plots.items():
             tracker.log_image(f"validation/{name}", path)

@@ -6,6 +6,7 @@ with what they share in ``base``. Import the names from here.
 """
 
 from fragua.settings.base import NAME_PATTERN, check_name, resource_path, shipped_profiles
+from fragua.settings.benchmarks import SHIPPED_TASK, BenchmarkSpec
 from fragua.settings.data import HF_PREFIX, MODEL_STRATEGIES, DataSettings, DomainRule, ExpandGenerationSettings, ExpandSettings, SourceSpec
 from fragua.settings.operations import IntakeSettings, NotificationSettings, RegistrySettings, ScaleSettings, TrackingSettings
 from fragua.settings.parameters import SettingsOverrides, SettingsParameter, settings_from_overrides
@@ -18,7 +19,9 @@ __all__ = [
     "HF_PREFIX",
     "MODEL_STRATEGIES",
     "NAME_PATTERN",
+    "SHIPPED_TASK",
     "AccelerateSettings",
+    "BenchmarkSpec",
     "ChatSettings",
     "DataSettings",
     "DomainRule",

@@ -7,6 +7,7 @@ import math
 from pydantic import BaseModel, Field
 
 from fragua.settings import ValidateSettings
+from fragua.validate.benchmarks import BenchmarkComparison, benchmark_gates
 from fragua.validate.drift import ReferenceComparison
 from fragua.validate.scoring import HIGHER_IS_BETTER, MEASURED_ON, MetricSet
 
@@ -37,6 +38,7 @@ def decide(
     production: MetricSet | None = None,
     production_version: str | None = None,
     reference: ReferenceComparison | None = None,
+    benchmarks: BenchmarkComparison | None = None,
 ) -> Decision:
     """Every gate is checked and reported, so a failure lists all its causes at once.
 
@@ -45,7 +47,8 @@ def decide(
     model on validate.beat_base_metrics; and none of the gated scores drops more than
     validate.regression_tolerance below the production version's, nor more than
     validate.max_drop_from_best below the reference's (the best promoted version, or
-    validate.reference_version) on the questions both were scored on.
+    validate.reference_version) on the questions both were scored on; and no validate.benchmarks
+    score drops more than validate.max_benchmark_drop below the production version's.
     """
     failures: list[str] = []
     passes: list[str] = []
@@ -115,6 +118,10 @@ def decide(
                 f"{metric} {ours:.4f} {'>=' if ok else '<'} {label}'s {theirs:.4f} - validate.max_drop_from_best {tolerance:.4f} "
                 f"on the {reference.shared} questions both were scored on" + ("" if ok else f" (a drop of {theirs - ours:.4f})"),
             )
+
+    if benchmarks is not None:
+        for ok, metric, text in benchmark_gates(benchmarks, settings.max_benchmark_drop):
+            gate(ok, metric, text)
 
     return Decision(
         passed=not failures,
