@@ -4,6 +4,11 @@
 #   docker build -t fragua:cuda --build-arg VARIANT=cuda .        # NVIDIA GPUs (CUDA 12.8 torch wheel)
 #
 # VARIANT picks the base image and the torch wheel index; everything else is the same.
+# The target `serve` is the OpenAI-compatible server (`fragua serve`) on the same image:
+#
+#   docker build --target serve -t fragua:serve .                 # local engine, CPU
+#   docker build --target serve -t fragua:serve-cuda --build-arg VARIANT=cuda --build-arg EXTRAS=vllm .
+#                                                                 # serve.engine = "vllm" on NVIDIA GPUs
 ARG VARIANT=cpu
 ARG PYTHON_VERSION=3.11
 
@@ -54,3 +59,14 @@ VOLUME ["/data"]
 # A Kubernetes / Docker work pool overrides the command with the flow run's; by hand, the CLI.
 ENTRYPOINT []
 CMD ["fragua", "--help"]
+
+# The OpenAI-compatible server. Its settings come from the environment (FRAGUA_SERVE__*, the
+# registry's FRAGUA_REGISTRY__*); /health answers while the process lives, /ready once a version is loaded.
+FROM runtime AS serve
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('FRAGUA_SERVE__PORT', '8000'), timeout=4)"]
+CMD ["fragua", "serve", "--host", "0.0.0.0"]
+
+# The last stage is what a plain `docker build .` makes: the worker image above.
+FROM runtime AS worker

@@ -11,8 +11,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed, State
 
+from fragua.integrations.notify import Event
 from fragua.reports.outcome import Verdict
 from fragua.settings import Settings, settings_from_overrides
+from fragua.tasks.notify import notify_task
 
 R = TypeVar("R")
 _NAME_LENGTH = 80
@@ -44,6 +46,13 @@ def finish(verdict: Verdict, result: R, summary: str, key: str, description: str
     """``end``, after the summary artifact a user opens first."""
     create_markdown_artifact(summary, key=key, description=description)
     return end(verdict, result)
+
+
+def notify(settings: Settings, event: Event, subject: str, body: str) -> None:
+    """A notification that cannot be sent is logged; it never undoes the move it reports."""
+    state = notify_task(settings.notifications, event, subject, body, return_state=True)
+    if state.is_failed():
+        get_run_logger().warning("could not send the %s notification: %s", event, state.message)
 
 
 def named_after(flow_name: str, *parameters: str, otherwise: str | None = None) -> Callable[[], str]:

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from datetime import datetime
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from fragua.intake import autotrain
 from fragua.intake.queue import Batch
+from fragua.intake.serving_log import ServingLog
+from fragua.registry.canary_decision import VersionStats
 from fragua.settings import Settings
 
 from . import STORAGE_RETRY_DELAYS, transient_only
@@ -66,3 +70,9 @@ def release_task(settings: Settings, run_id: str, reason: str, state: str = "fai
     else:
         get_run_logger().info("run %s: %s", run_id, reason)
     return released
+
+
+@task(name="serving-stats", **_QUEUE)
+def serving_stats_task(settings: Settings, since: datetime | None) -> dict[str, VersionStats]:
+    """What each version served (requests, errors, latency, ratings) since ``since``, from the serving log."""
+    return ServingLog(settings).version_stats(since)

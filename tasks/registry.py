@@ -6,7 +6,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.transactions import Transaction, get_transaction
 
 from fragua.jobs.registry import Promotion, allocate_version, clean_registry, promote_version, publish_run, verify_version
+from fragua.jobs.serving import check_server, tell_server_to_reload
 from fragua.registry import open_registry
+from fragua.registry.canary import CANARY, end_canary, promote_canary, start_canary
 from fragua.registry.versions import PRODUCTION, AliasState, CleanupReport, VersionManifest
 from fragua.settings import Settings
 
@@ -73,14 +75,21 @@ def restore_production(transaction: Transaction) -> None:
     logger = get_run_logger()
     if restored:
         logger.warning("production restored to %s", promotion.production.previous or "unset")
+        tell_server_to_reload(transaction.get("settings"))
     else:
         logger.warning("production was moved by someone else after %s; left as it is", promotion.production.version)
 
 
 @task(name="confirm-production", **_IN_TRANSACTION)
 def confirm_task(settings: Settings, version: str) -> None:
+    """Production resolves to ``version`` with all its files; with serve.server_url, the server
+    loaded it and answers with it (else the deploy's transaction puts production back)."""
     open_registry(settings).confirm(PRODUCTION, version)
-    get_run_logger().info("production resolves to %s and all its files are in the registry", version)
+    logger = get_run_logger()
+    logger.info("production resolves to %s and all its files are in the registry", version)
+    answer = check_server(settings, PRODUCTION, version)
+    if answer is not None:
+        logger.info("the server at %s serves %s as production; it answered: %r", settings.serve.server_url, version, answer)
 
 
 @task(name="apply-retention", **_STORAGE)
@@ -96,3 +105,42 @@ def rollback_task(settings: Settings, to: str | None, actor: str | None) -> Alia
     state = open_registry(settings).rollback(to, actor=actor)
     get_run_logger().info("production rolled back %s -> %s", state.previous, state.version)
     return state
+
+
+@task(name="canary-version", **_STORAGE)
+def canary_task(settings: Settings) -> AliasState | None:
+    state, _ = open_registry(settings).alias(CANARY)
+    get_run_logger().info("canary: %s", f"{state.version} at {state.traffic_percent:g}%" if state and state.traffic_percent else "none")
+    return state
+
+
+@task(name="start-canary", **_STORAGE)
+def start_canary_task(settings: Settings, version: str, percent: float, reason: str, actor: str | None) -> AliasState:
+    state = start_canary(open_registry(settings), version, percent, reason=reason, actor=actor)
+    get_run_logger().info("canary -> %s at %g%% of production's requests (was %s)", state.version, percent, state.previous or "none")
+    return state
+
+
+@task(name="promote-canary", **_STORAGE)
+def promote_canary_task(settings: Settings, reason: str, actor: str | None, expected_version: str | None = None) -> AliasState:
+    state = promote_canary(open_registry(settings), reason=reason, actor=actor, expected_version=expected_version)
+    get_run_logger().info("production -> %s (previous: %s); the canary ended", state.version, state.previous)
+    return state
+
+
+@task(name="end-canary", **_STORAGE)
+def end_canary_task(settings: Settings, reason: str, actor: str | None, expected_version: str | None = None) -> AliasState | None:
+    ended = end_canary(open_registry(settings), reason=reason, actor=actor, expected_version=expected_version)
+    if ended is not None:
+        get_run_logger().info("canary %s ended: %s", ended.version, reason)
+    return ended
+
+
+@task(name="check-server", retries=0, cache_policy=NO_CACHE)
+def check_server_task(settings: Settings, alias: str, version: str) -> str | None:
+    """The server at serve.server_url (when set) serves ``version`` as ``alias`` and answers with it.
+    Not retried: the server has loaded and answered within serve.check_timeout_s or it cannot."""
+    answer = check_server(settings, alias, version)
+    if answer is not None:
+        get_run_logger().info("the server at %s serves %s as %s; it answered: %r", settings.serve.server_url, version, alias, answer)
+    return answer

@@ -7,6 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from fragua.jobs.validate import (
     ValidationOutcome,
+    compare_with_production,
     evaluate_model,
     evaluate_version,
     load_run,
@@ -18,6 +19,7 @@ from fragua.settings import Settings
 from fragua.train.runs import RunFolder
 from fragua.validate.benchmarks import BenchmarkComparison
 from fragua.validate.drift import ReferenceComparison
+from fragua.validate.pairwise import HeadToHead
 from fragua.validate.retention import Retention
 from fragua.validate.scoring import Evaluation
 
@@ -61,6 +63,18 @@ def reference_task(settings: Settings, dataset_id: str, run_id: str) -> Referenc
     return reference
 
 
+@task(name="versus-production", task_run_name="versus-production-{version}", cache_policy=NO_CACHE)
+def versus_production_task(settings: Settings, dataset_id: str, run_id: str, version: str) -> HeadToHead:
+    comparison = compare_with_production(settings, dataset_id, run_id, version)
+    if comparison.win_rate is not None:
+        rate = comparison.win_rate
+        get_run_logger().info(
+            "win rate against %s: %.4f (95%% interval %.4f-%.4f; %d wins, %d ties, %d losses)",
+            version, rate.rate, rate.low, rate.high, rate.wins, rate.ties, rate.losses,
+        )
+    return comparison
+
+
 @task(name="record-validation", cache_policy=NO_CACHE)
 def record_validation_task(
     settings: Settings,
@@ -71,11 +85,13 @@ def record_validation_task(
     production: Evaluation | None,
     production_version: str | None,
     reference: ReferenceComparison | None = None,
+    versus_production: HeadToHead | None = None,
     benchmarks: BenchmarkComparison | None = None,
     retention: Retention | None = None,
 ) -> ValidationOutcome:
     outcome = record_validation(
-        settings, run_id, dataset_id, candidate, base, production, production_version, reference, benchmarks=benchmarks, retention=retention,
+        settings, run_id, dataset_id, candidate, base, production, production_version, reference, versus_production,
+        benchmarks=benchmarks, retention=retention,
     )
     logger = get_run_logger()
     logger.info("validation %s", "passed" if outcome.decision.passed else "FAILED")

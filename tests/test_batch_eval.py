@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from fragua.cli import app
 from fragua.data.ingest import IngestError
+from fragua.settings import DataSettings
 from fragua.validate.batch import read_questions
 from fragua.validate.metrics import exact_match, token_f1
 
@@ -26,7 +27,7 @@ def write_jsonl(path, rows):
 
 
 def test_read_questions_understands_plain_rows_and_every_ingest_format(tmp_path):
-    items = read_questions(write_jsonl(tmp_path / "questions.jsonl", QUESTIONS))
+    items = read_questions(write_jsonl(tmp_path / "questions.jsonl", QUESTIONS), DataSettings())
     assert [i.id for i in items][:2] == ["q-checkin", "questions.jsonl:line 2"]
     checkin, nights, lora, pool, trains, checkout = items
     assert checkin.reference == "Check-in starts at 3:00 pm." and checkin.conversation[-1].role == "assistant"
@@ -40,7 +41,7 @@ def test_read_questions_understands_plain_rows_and_every_ingest_format(tmp_path)
 def test_read_questions_from_csv(tmp_path):
     path = tmp_path / "questions.csv"
     path.write_text("question,answer,domain\nWhat is 1/2 as a percentage?,50%,math\n")
-    (item,) = read_questions(path)
+    (item,) = read_questions(path, DataSettings())
     assert (item.question, item.reference, item.domain) == ("What is 1/2 as a percentage?", "50%", "math")
 
 
@@ -48,13 +49,13 @@ def test_every_unusable_row_is_named_and_nothing_is_evaluated(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"question": "ok?"}\n{"text": "no question"}\nnot json\n{"question": "", "answer": "x"}\n{"question": "q", "choices": ["one"]}\n')
     with pytest.raises(IngestError) as caught:
-        read_questions(path)
+        read_questions(path, DataSettings())
     message = str(caught.value)
     assert message.startswith("4 unusable question row(s); nothing was evaluated")
     for line, reason in ((2, "no 'question' field"), (3, "invalid JSON"), (4, "field 'question' is empty"), (5, "field 'choices' must be a list of 2 to 26")):
         assert f"{path} line {line}: {reason}" in message
     with pytest.raises(IngestError, match="no such file"):
-        read_questions(tmp_path / "missing.jsonl")
+        read_questions(tmp_path / "missing.jsonl", DataSettings())
 
 
 runner = CliRunner()

@@ -71,7 +71,7 @@ def test_deploy_rollback_and_retention_on_s3(prefect_api, deploy_settings, s3_se
     assert all(key.startswith("models/fragua/") for key in all_objects(settings))
     assert store.client.list_objects_v2(Bucket=store.bucket)["Contents"][0]["Key"].startswith("team/registry/models/fragua/")
 
-    state = rollback_flow(settings)
+    state = rollback_flow(settings).production
     assert (state.version, state.previous) == ("fragua-tiny-v1", "fragua-tiny-v2")
     assert [(e.alias, e.to_version) for e in registry.history()][-2:] == [("production", "fragua-tiny-v1"), ("previous", "fragua-tiny-v2")]
 

@@ -43,7 +43,8 @@ def test_deployment_parameters_validate_against_settings(deployment, monkeypatch
 
 def test_every_flow_has_a_deployment():
     entrypoints = {d["entrypoint"].split(":")[1] for d in DEPLOYMENTS}
-    assert {"pipeline_flow", "ingest_flow", "expand_flow", "train_flow", "validate_flow", "deploy_flow", "rollback_flow", "hpo_flow", "autotrain_flow"} <= entrypoints
+    assert {"pipeline_flow", "ingest_flow", "expand_flow", "train_flow", "validate_flow", "deploy_flow", "rollback_flow", "hpo_flow", "autotrain_flow",
+            "canary_flow", "promote_flow"} <= entrypoints
 
 
 def test_schedules_are_well_formed():
@@ -189,3 +190,12 @@ def test_a_failed_validation_never_echoes_a_secret(monkeypatch, capfd):
     assert "tracking.api_key" in describe_validation_error(cli.value) and "4242424242" not in describe_validation_error(cli.value)
     captured = capfd.readouterr()
     assert CANARY not in captured.out + captured.err
+
+
+def test_the_canary_is_judged_every_fifteen_minutes(monkeypatch):
+    canary = next(d for d in DEPLOYMENTS if d["entrypoint"] == "fragua.flows.canary:canary_flow")
+    [schedule] = canary["schedules"]
+    assert schedule["interval"] == 900 and schedule.get("active", True)
+    for name, value in canary["work_pool"]["job_variables"]["env"].items():
+        monkeypatch.setenv(name, value)
+    assert Settings.load(**canary["parameters"]["settings"]).registry.canary.min_requests == 200

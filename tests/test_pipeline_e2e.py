@@ -36,7 +36,7 @@ def test_pipeline_twice_then_rollback(prefect_api, tmp_path):
     assert v2.passed and v2.promoted and v2.version == "fragua-tiny-v2" and v2.production == "fragua-tiny-v2"
     assert v2.dataset_id != v1.dataset_id
 
-    state = rollback_flow(first)
+    state = rollback_flow(first).production
     assert (state.version, state.previous) == ("fragua-tiny-v1", "fragua-tiny-v2")
 
     registry = open_registry(first)

@@ -39,7 +39,7 @@ def test_new_examples_are_those_the_previous_dataset_lacked_and_older_ones_those
 
 
 def result(key: str, nll: float) -> ItemResult:
-    return ItemResult(id=key, domain="d", question="q", reference="a", prediction="a", answer_nll=nll, answer_tokens=2, token_f1=1.0)
+    return ItemResult(id=key, domain="d", question="q", reference="a", prediction="a", answer_nll=nll, answer_tokens=2, exact_match=1.0, token_f1=1.0)
 
 
 def test_the_table_scores_each_group_on_each_model_and_the_report_compares_with_the_parent():

@@ -2,7 +2,7 @@
 
 This module holds the app, its global options and the list of commands; each command group
 lives in its own module (``data``, ``train``, ``validate``, ``registry``, ``pipeline``, ``chat``,
-``intake``, ``blocks``), with what they share in ``common`` and how they print in ``render``.
+``intake``, ``requests``, ``serve``, ``blocks``), with what they share in ``common`` and how they print in ``render``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Optional
 
 import typer
 
-from fragua.cli import blocks, chat, data, intake, pipeline, registry, train, validate
+from fragua.cli import blocks, chat, data, intake, pipeline, registry, requests, serve, train, validate
 
 app = typer.Typer(help="Fragua: question/answer data in, validated and versioned LLM fine-tunes out.", no_args_is_help=True, pretty_exceptions_enable=False)
 
@@ -48,6 +48,7 @@ COMMANDS = [
     ("validate", validate.validate),
     ("deploy", registry.deploy),
     ("run", pipeline.run_pipeline),
+    ("promote", registry.promote),
     ("rollback", registry.rollback),
     ("versions", registry.versions),
     ("history", registry.history),
@@ -60,11 +61,13 @@ COMMANDS = [
     ("autotrain", train.autotrain),
     ("version", pipeline.show_version),
     ("serve-api", intake.serve_api),
+    ("serve", serve.serve),
 ]
 for name, command in COMMANDS:
     app.command(name)(command)
 app.add_typer(data.datasets_app, name="datasets")
 app.add_typer(registry.registry_app, name="registry")
+app.add_typer(requests.requests_app, name="requests")
 app.add_typer(blocks.blocks_app, name="blocks")
 
 

@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 
 from fragua.cli.common import console, exit_on_sigterm, load_settings, raise_user, run_step
-from fragua.cli.render import autotrain_runs_table, kv_table
+from fragua.cli.render import autotrain_runs_table, kv_table, served_table
 from fragua.settings import Settings, SourceSpec, describe_validation_error
 
 
@@ -101,15 +101,19 @@ def import_data(
 
 
 def status(ctx: typer.Context) -> None:
-    """The intake queue (examples per status), production version and recent autotrain runs."""
+    """The intake queue (examples per status), production and canary, what each version served, recent autotrain runs."""
+    from fragua.intake.serving_log import ServingLog
     from fragua.registry import open_registry
+    from fragua.registry.canary import split_share
 
     settings = load_settings(ctx)
     queue = _queue(settings)
     counts = queue.counts()
-    production = run_step(lambda: open_registry(settings).production())
+    split = split_share(run_step(lambda: open_registry(settings).aliases()))
+    canary = [("canary", f"{split.canary} ({split.canary_percent:g}% of production's requests)")] if split.canary else []
     console.print(kv_table("Fragua", [
-        ("production", production.version if production else "none yet"),
+        ("production", split.production or "none yet"),
+        *canary,
         ("queue", queue.describe()),
         *counts.items(),
         ("autotrain needs", f"{settings.intake.min_new_examples} pending"),
@@ -119,6 +123,9 @@ def status(ctx: typer.Context) -> None:
         console.print(f"example {example.id} ({example.idempotency_key}): {example.last_error}", highlight=False, soft_wrap=True)
     if counts["duplicate"] > len(duplicates):
         console.print(f"... and {counts['duplicate'] - len(duplicates)} more duplicates", highlight=False)
+    served = ServingLog(settings).version_stats()
+    if served:
+        console.print(served_table(sorted(served.values(), key=lambda item: item.version)))
     runs = queue.runs(10)
     if runs:
         console.print(autotrain_runs_table(runs))

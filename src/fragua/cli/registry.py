@@ -1,4 +1,4 @@
-"""Model registry commands: `deploy`, `rollback`, `versions`, `history`, `export`, and the `registry` group (gc)."""
+"""Model registry commands: `deploy` (optionally as a canary), `promote`, `rollback`, `versions`, `history`, `export`, and the `registry` group (gc)."""
 
 from __future__ import annotations
 
@@ -26,27 +26,59 @@ def deploy(
     ctx: typer.Context,
     run: Optional[str] = typer.Option(None, help="Validated training run to publish (default: the newest)."),
     version: Optional[str] = typer.Option(None, help="Promote this already published version instead."),
+    canary: Optional[float] = typer.Option(
+        None, "--canary", metavar="PERCENT",
+        help="Deploy as the canary with this share (0-100, exclusive) of production's requests instead of moving production; `fragua promote` or the canary flow promotes it.",
+    ),
 ) -> None:
-    """Publish a validated run as a version and move production to it (registry.auto_deploy)."""
+    """Publish a validated run as a version and move production to it (registry.auto_deploy), or make it the canary (--canary)."""
     from fragua.flows.deploy import deploy_flow
+    from fragua.registry.canary import check_percent
+    from fragua.registry.versions import RegistryError
 
     settings = load_settings(ctx)
     _check_version_name(version)
-    outcome = run_flow(lambda: deploy_flow(settings, run, version))
-    console.print(
-        kv_table("Deploy", [("version", outcome.version or "-"), ("published", outcome.published), ("promoted", outcome.promoted),
-                            ("production", outcome.production or "-"), ("report", outcome.report_path or "-")])
-    )
+    if canary is not None:
+        try:
+            check_percent(canary)
+        except RegistryError as exc:
+            raise_user(f"--canary: {exc}")
+    outcome = run_flow(lambda: deploy_flow(settings, run, version, canary))
+    rows = [("version", outcome.version or "-"), ("published", outcome.published), ("promoted", outcome.promoted), ("production", outcome.production or "-")]
+    if outcome.canary:
+        rows.append(("canary", f"{outcome.canary} ({outcome.canary_percent:g}% of production's requests)"))
+    console.print(kv_table("Deploy", [*rows, ("report", outcome.report_path or "-")]))
+
+
+def promote(ctx: typer.Context) -> None:
+    """Move production to the running canary (previous keeps what production was) and end the canary."""
+    from fragua.flows.canary import promote_flow
+    from fragua.registry import open_registry
+    from fragua.registry.canary import CANARY
+
+    settings = load_settings(ctx)
+    registry = open_registry(settings)
+    canary, _ = run_step(lambda: registry.alias(CANARY))
+    if canary is None:
+        production = run_step(registry.production)
+        raise_user(f"no canary to promote; production stays {production.version if production else 'unset'} (start one with `fragua deploy --canary PERCENT`)")
+    state = run_flow(lambda: promote_flow(settings))
+    console.print(f"production: {state.previous} -> [bold]{state.version}[/bold]; the canary ended", highlight=False)
 
 
 def rollback(ctx: typer.Context, to: Optional[str] = typer.Option(None, "--to", help="Version to roll back to (default: previous).")) -> None:
-    """Point production back to the previous version (or --to VERSION). Only the alias moves."""
+    """Point production back to the previous version (or --to VERSION). Only the alias moves. During a canary, without --to, end the canary."""
     from fragua.flows.deploy import rollback_flow
 
     settings = load_settings(ctx)
     _check_version_name(to)
-    state = run_flow(lambda: rollback_flow(settings, to))
-    console.print(f"production: {state.previous} -> [bold]{state.version}[/bold]", highlight=False)
+    outcome = run_flow(lambda: rollback_flow(settings, to))
+    production = outcome.production
+    if outcome.moved:
+        console.print(f"production: {production.previous} -> [bold]{production.version}[/bold]", highlight=False)
+    if outcome.canary_ended:
+        stays = "" if outcome.moved else f"; production unchanged: {production.version if production else 'unset'}"
+        console.print(f"canary {outcome.canary_ended} ended{stays}", highlight=False)
 
 
 def versions(ctx: typer.Context) -> None:

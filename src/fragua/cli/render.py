@@ -169,7 +169,24 @@ def history_table(events: list[Any]) -> Table:
     for column in ("at", "alias", "from", "to", "reason", "actor"):
         table.add_column(column)
     for event in events:
-        table.add_row(event.at[:19], event.alias, event.from_version or "-", event.to_version or "(removed)", event.reason, event.actor or "-")
+        to = event.to_version or "(removed)"
+        if event.traffic_percent:
+            to = f"{to} ({event.traffic_percent:g}%)"
+        table.add_row(event.at[:19], event.alias, event.from_version or "-", to, event.reason, event.actor or "-")
+    return table
+
+
+def served_table(stats: list[Any]) -> Table:
+    """What each version served (the serving log): requests, error rate, latency, ratings."""
+    table = Table(title="Served by version", title_justify="left")
+    for column in ("version", "requests", "error rate", "p50 ms", "p95 ms", "ratings", "mean rating"):
+        table.add_column(column, justify="left" if column == "version" else "right")
+    for item in stats:
+        table.add_row(
+            item.version, str(item.requests), f"{item.error_rate:.2%}",
+            "-" if item.latency_p50_ms is None else f"{item.latency_p50_ms:.0f}", "-" if item.latency_p95_ms is None else f"{item.latency_p95_ms:.0f}",
+            str(item.ratings), "-" if item.mean_rating is None else f"{item.mean_rating:+.2f}",
+        )
     return table
 
 

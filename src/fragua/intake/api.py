@@ -135,12 +135,21 @@ def _record(settings: Settings, example: ExampleIn, prefix: list[Any]) -> dict[s
         raise HTTPException(422, detail=[{"loc": [*prefix, field], "msg": str(exc), "type": exc.kind}]) from exc
 
 
-class BodySizeLimit:
-    """Answers 413 to bodies over the limit, by Content-Length or, when streamed, by counting."""
+def _intake_too_large(max_bytes: int) -> Response:
+    return JSONResponse(
+        {"detail": f"request body larger than intake.max_request_bytes ({max_bytes} bytes); split it into smaller batches"},
+        status_code=413,
+    )
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+
+class BodySizeLimit:
+    """Answers 413 to bodies over the limit, by Content-Length or, when streamed, by counting;
+    ``too_large(max_bytes)`` is the answer (by default the intake API's)."""
+
+    def __init__(self, app: Any, max_bytes: int, too_large: Callable[[int], Response] = _intake_too_large) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.too_large = too_large
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -173,11 +182,7 @@ class BodySizeLimit:
         await self.app(scope, replayed, send)
 
     async def _reject(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        response = JSONResponse(
-            {"detail": f"request body larger than intake.max_request_bytes ({self.max_bytes} bytes); split it into smaller batches"},
-            status_code=413,
-        )
-        await response(scope, receive, send)
+        await self.too_large(self.max_bytes)(scope, receive, send)
 
 
 def validation_errors(errors: Any) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Deploy, rollback and failed-run messages through a Prefect notification block.
+"""Deploy, canary, rollback and failed-run messages through a Prefect notification block.
 
 Prefect's own blocks do the sending (``custom-webhook`` by default, or Slack, Teams, email
 ... any ``NotificationBlock``), so a team points Fragua at the channel it already uses.
@@ -11,7 +11,7 @@ from typing import Any, Literal
 from fragua.integrations.prefect_blocks import load_block
 from fragua.settings import NotificationSettings
 
-Event = Literal["deploy", "rollback", "failure"]
+Event = Literal["deploy", "canary", "rollback", "failure"]
 
 
 class NotificationError(RuntimeError):

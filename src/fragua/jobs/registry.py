@@ -40,6 +40,16 @@ class DeployOutcome(BaseModel):
     production: str | None
     reasons: list[str]
     report_path: str | None = None
+    canary: str | None = Field(None, description="The version deployed as the canary (deploy --canary), else None.")
+    canary_percent: float | None = Field(None, description="The canary's share of production's requests.")
+
+
+class RollbackOutcome(BaseModel):
+    """A rollback: production moved back, and/or a running canary ended."""
+
+    production: AliasState | None = Field(description="Production after the rollback.")
+    moved: bool = Field(description="Whether production moved (a rollback during a canary without --to only ends the canary).")
+    canary_ended: str | None = Field(None, description="The canary version the rollback ended, if one was running.")
 
 
 def _allocate(settings: Settings, registry: Registry, run: RunFolder) -> str:

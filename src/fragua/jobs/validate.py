@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from fragua.data.store import open_dataset_store
 from fragua.integrations.tracking import tracking_run
 from fragua.jobs.data import dataset_split
+from fragua.jobs.judging import head_to_head, open_judge, with_verdicts
 from fragua.models.identity import locate_base
 from fragua.models.loading import load_for_inference
 from fragua.registry import open_registry
@@ -20,6 +21,7 @@ from fragua.train.runs import RunFolder
 from fragua.validate.benchmarks import BenchmarkComparison
 from fragua.validate.drift import ReferenceComparison, ScoreCache, best_reference, question_key, scoring_key
 from fragua.validate.gates import Decision, decide
+from fragua.validate.pairwise import HeadToHead
 from fragua.validate.plots import loss_curve, metric_bars
 from fragua.validate.retention import Retention
 from fragua.validate.scoring import EvalItem, Evaluation, ItemResult, score_items, spread_samples, summarize
@@ -35,6 +37,7 @@ class ValidationOutcome(BaseModel):
     production: Evaluation | None
     production_version: str | None
     reference: ReferenceComparison | None = Field(None, description="Candidate vs the best promoted (or pinned) version on shared questions.")
+    head_to_head: HeadToHead | None = Field(None, description="Candidate vs production answers: the judge's win rate, the largest differences.")
     decision: Decision
     benchmarks: BenchmarkComparison | None = Field(None, description="validate.benchmarks on candidate, production and base (lm-eval).")
     retention: Retention | None = Field(None, description="Learning and forgetting on samples of the team's own trained examples.")
@@ -76,15 +79,16 @@ def _evaluation(settings: Settings, name: str, results: list[ItemResult]) -> Eva
 def evaluate_model(settings: Settings, dataset_id: str, model_path: str, *, name: str, run_id: str | None = None) -> Evaluation:
     """Score a model on the validation split; with ``run_id``, keep its per-question scores for the drift gate."""
     items = validation_items(settings, dataset_id)
-    results = _score(settings, model_path, list(items.values()))
+    results = with_verdicts(open_judge(settings), list(items.values()), _score(settings, model_path, list(items.values())))
     if run_id is not None:
         score_cache(settings).save("runs", run_id, dict(zip(items, results)), merge=False)
     return _evaluation(settings, name, results)
 
 
 def version_scores(settings: Settings, registry: Registry, version: str, items: dict[str, EvalItem]) -> dict[str, ItemResult]:
-    """A version's scores on ``items``: cached ones, the rest scored now and cached. A version
-    that is gone from the registry (retention) keeps only its cached scores."""
+    """A version's scores on ``items``: cached ones, the rest scored now and cached, with the
+    judge's verdicts (cached too). A version that is gone from the registry (retention) keeps
+    only its cached scores."""
     cache = score_cache(settings)
     cached = cache.load("versions", version)
     missing = [key for key in items if key not in cached]
@@ -93,13 +97,14 @@ def version_scores(settings: Settings, registry: Registry, version: str, items: 
             manifest = registry.manifest(version)
         except RegistryError:
             logger.info("version %s is gone from the registry: compared on its %d cached scores only", version, len(cached))
-            return {k: v for k, v in cached.items() if k in items}
-        folder = registry.fetch(version)
-        base = locate_base(manifest.lineage, settings.base_model_ref)
-        scored = dict(zip(missing, _score(settings, str(folder), [items[k] for k in missing], base_model=base)))
-        cache.save("versions", version, scored)
-        cached.update(scored)
-    return {k: cached[k] for k in items if k in cached}
+        else:
+            folder = registry.fetch(version)
+            base = locate_base(manifest.lineage, settings.base_model_ref)
+            cached.update(zip(missing, _score(settings, str(folder), [items[k] for k in missing], base_model=base)))
+    keys = [k for k in items if k in cached]
+    judged = dict(zip(keys, with_verdicts(open_judge(settings), [items[k] for k in keys], [cached[k] for k in keys])))
+    cache.save("versions", version, judged)
+    return judged
 
 
 def evaluate_version(settings: Settings, dataset_id: str, version: str) -> Evaluation:
@@ -144,6 +149,14 @@ def reference_comparison(settings: Settings, dataset_id: str, run_id: str) -> Re
     return best_reference(candidate, references, settings.validate, pinned=bool(pinned))
 
 
+def compare_with_production(settings: Settings, dataset_id: str, run_id: str, version: str) -> HeadToHead:
+    """The candidate's answers against the production version's on the same validation questions
+    (both scored by now, so read from the score cache): the judge's win rate and the largest differences."""
+    items = validation_items(settings, dataset_id)
+    cache = score_cache(settings)
+    return head_to_head(open_judge(settings), items, cache.load("runs", run_id), cache.load("versions", version), version)
+
+
 def keep_scores_as_version(settings: Settings, run_id: str, version: str) -> None:
     """A published run's per-question scores become its version's: the next cycle need not score it again."""
     cache = score_cache(settings)
@@ -160,6 +173,7 @@ def record_validation(
     production: Evaluation | None,
     production_version: str | None,
     reference: ReferenceComparison | None = None,
+    versus_production: HeadToHead | None = None,
     *,
     benchmarks: BenchmarkComparison | None = None,
     retention: Retention | None = None,
@@ -173,6 +187,7 @@ def record_validation(
         production=production.overall if production else None,
         production_version=production_version,
         reference=reference,
+        win_rate=versus_production.win_rate if versus_production else None,
         benchmarks=benchmarks,
     )
     run = RunFolder.of(settings.runs_path, run_id)
@@ -186,6 +201,7 @@ def record_validation(
         production=production,
         production_version=production_version,
         reference=reference,
+        versus_production=versus_production,
         decision=decision,
         plots={name: path.name for name, path in plots.items()},
         benchmarks=benchmarks,
@@ -199,6 +215,7 @@ def record_validation(
         production=production,
         production_version=production_version,
         reference=reference,
+        head_to_head=versus_production,
         decision=decision,
         benchmarks=benchmarks,
         retention=retention,
@@ -222,6 +239,10 @@ def record_validation(
         if benchmarks:
             for label, scores in (("candidate", benchmarks.candidate), ("production", benchmarks.production), ("base", benchmarks.base)):
                 metrics.update({f"benchmarks/{label}/{task}/{score.metric}": score.value for task, score in (scores or {}).items()})
+        if versus_production and versus_production.win_rate:
+            rate = versus_production.win_rate
+            metrics.update({"win_rate/rate": rate.rate, "win_rate/low": rate.low, "win_rate/high": rate.high, "win_rate/wins": rate.wins,
+                            "win_rate/ties": rate.ties, "win_rate/losses": rate.losses})
         tracker.log(metrics)
         for name, path in plots.items():
             tracker.log_image(f"validation/{name}", path)

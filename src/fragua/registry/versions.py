@@ -89,6 +89,9 @@ class AliasState(BaseModel):
     updated_at: str
     reason: str = ""
     actor: str | None = None
+    traffic_percent: float | None = Field(
+        None, gt=0, lt=100, description="The share of production's requests this alias serves (the canary); None for every other alias."
+    )
 
 
 class AliasEvent(BaseModel):
@@ -98,6 +101,7 @@ class AliasEvent(BaseModel):
     at: str
     reason: str
     actor: str | None = None
+    traffic_percent: float | None = None
 
 
 def size_label(parameters: int) -> str:
@@ -322,10 +326,11 @@ class Registry:
 
     def set_alias(
         self, alias: str, version: str, *, reason: str, actor: str | None = None, expected: tuple[AliasState | None, str | None] | None = None,
-        verify: bool = True,
+        verify: bool = True, traffic_percent: float | None = None,
     ) -> AliasState:
         """Point ``alias`` at ``version`` if it is still as the caller last read it; first every
-        file's checksum is verified (``verify``; off only to record or restore, never to serve)."""
+        file's checksum is verified (``verify``; off only to record or restore, never to serve).
+        ``traffic_percent`` gives the alias a share of production's requests (the canary)."""
         if verify:
             self.verify(version)
         else:
@@ -338,14 +343,27 @@ class Registry:
             updated_at=_now(),
             reason=reason,
             actor=actor,
+            traffic_percent=traffic_percent,
         )
         written = self._swap(alias, state, current, etag)
         if not self.store.exists(f"{self.version_prefix(version)}/{MANIFEST}"):
             # Retention deleted the version between our check and our write: undo the write.
             self._swap(alias, current, state, written)
             raise RegistryError(f"version {version} was deleted from {self.describe()} while alias {alias!r} moved to it; the alias is unchanged")
-        self._record(AliasEvent(alias=alias, from_version=state.previous, to_version=version, at=state.updated_at, reason=reason, actor=actor))
+        self._record(AliasEvent(
+            alias=alias, from_version=state.previous, to_version=version, at=state.updated_at, reason=reason, actor=actor, traffic_percent=traffic_percent,
+        ))
         return state
+
+    def remove_alias(
+        self, alias: str, *, reason: str, actor: str | None = None, expected: tuple[AliasState | None, str | None] | None = None
+    ) -> AliasState | None:
+        """Remove ``alias`` if it is still as the caller last read it, and record the removal; returns
+        what it pointed to (None when it was not set)."""
+        current, etag = expected if expected is not None else self.alias(alias)
+        if current is not None:
+            self._move_or_remove(alias, None, (current, etag), reason=reason, actor=actor)
+        return current
 
     def _swap(self, alias: str, new: AliasState | None, current: AliasState | None, etag: str | None) -> str | None:
         """Compare-and-swap one alias object from ``current`` (read with ``etag``) to ``new`` (None removes it)."""

@@ -6,10 +6,12 @@ import math
 from typing import Any
 
 from fragua.reports.forgetting import benchmark_section, retention_section
+from fragua.reports.judging import judge_section, verdict_note, versus_production_section
 from fragua.reports.markdown import Cell, clip, escape, finite, plot, table
 from fragua.validate.benchmarks import BenchmarkComparison
 from fragua.validate.drift import ReferenceComparison
 from fragua.validate.gates import Decision
+from fragua.validate.pairwise import HeadToHead
 from fragua.validate.retention import Retention
 from fragua.validate.scoring import SCORE_METRICS, Evaluation, ItemResult
 
@@ -82,7 +84,7 @@ def _sample_scores(sample: ItemResult) -> list[str]:
         verdict = "" if sample.mc_correct is None else (" (right)" if sample.mc_correct else " (wrong)")
         return [f"chose {sample.chosen}{verdict}", f"per char {sample.chosen_norm}"]
     scores = (("F1", sample.token_f1), ("ROUGE-L", sample.rouge_l), ("EM", sample.exact_match), ("num", sample.numeric_match))
-    return [f"{label} {value:.2f}" for label, value in scores if value is not None] or ["-"]
+    return [*(f"{label} {value:.2f}" for label, value in scores if value is not None), *verdict_note(sample)] or ["-"]
 
 
 def sample_table(samples: list[ItemResult], *, compact: bool) -> str:
@@ -114,6 +116,7 @@ def validation_report(
     reference: ReferenceComparison | None = None,
     plots: dict[str, str] | None = None,
     artifact: bool = False,
+    versus_production: HeadToHead | None = None,
     benchmarks: BenchmarkComparison | None = None,
     retention: Retention | None = None,
 ) -> str:
@@ -156,6 +159,9 @@ def validation_report(
             comparison_rows({"candidate": candidate, production_label: production, "base": base}),
             ["model", "domain", *measured_columns([candidate, production, base])],
         ),
+        "",
+        *judge_section({"candidate": candidate, production_label: production, "base": base}),
+        *versus_production_section(versus_production, production_label, compact=artifact),
     ]
     if plots:
         lines += ["## Plots", ""]

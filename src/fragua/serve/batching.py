@@ -4,11 +4,14 @@ One scheduler thread decodes every loaded version's batch a step at a time (roun
 versions with work). A request that arrives while a batch runs joins it at the next step: its
 prompt is prefilled on its own and its key/value cache is merged into the batch's (both left-padded
 to the same length); finished rows leave the batch at once, freeing their slot. Each request
-streams its text as tokens come. transformers' own continuous batching
-(``generation.continuous_batching``) was measured first on this project's CPU target: with the
-tiny model it produced 4x fewer tokens/s than one ``generate`` call after another, and it keeps
-one generation config per manager; so this engine batches over the models' plain forward pass
-and DynamicCache.
+streams its text as tokens come.
+
+transformers' own continuous batching (``generation.continuous_batching``, paged attention) was
+measured first on this project's CPU target: ``generate_batch`` of 16 prompts x 32 tokens on the
+tiny model gave 15-44 tokens/s against 169 for 16 plain ``generate`` calls in a row (4-11x
+slower), and its sampling settings are per manager unless their defaults are set at creation.
+So this engine batches over the models' own forward pass and DynamicCache, which gave ~8x the
+sequential throughput on the same machine.
 """
 
 from __future__ import annotations

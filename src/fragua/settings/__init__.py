@@ -8,7 +8,8 @@ with what they share in ``base``. Import the names from here.
 from fragua.settings.base import NAME_PATTERN, check_name, resource_path, shipped_profiles
 from fragua.settings.benchmarks import SHIPPED_TASK, BenchmarkSpec
 from fragua.settings.data import HF_PREFIX, MODEL_STRATEGIES, DataSettings, DomainRule, ExpandGenerationSettings, ExpandSettings, SourceSpec
-from fragua.settings.operations import IntakeSettings, NotificationSettings, RegistrySettings, ScaleSettings, TrackingSettings
+from fragua.settings.judge import JudgeSettings
+from fragua.settings.operations import CanarySettings, IntakeSettings, NotificationSettings, RegistrySettings, ScaleSettings, TrackingSettings
 from fragua.settings.parameters import SettingsOverrides, SettingsParameter, settings_from_overrides
 from fragua.settings.serve import ServeSettings
 from fragua.settings.root import Settings, describe_validation_error, parse_overrides
@@ -22,6 +23,7 @@ __all__ = [
     "SHIPPED_TASK",
     "AccelerateSettings",
     "BenchmarkSpec",
+    "CanarySettings",
     "ChatSettings",
     "DataSettings",
     "DomainRule",
@@ -29,6 +31,7 @@ __all__ = [
     "ExpandSettings",
     "HpoSettings",
     "IntakeSettings",
+    "JudgeSettings",
     "LoraSettings",
     "NotificationSettings",
     "QuantSettings",

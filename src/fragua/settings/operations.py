@@ -16,6 +16,31 @@ S3_BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 CREDENTIALS_BLOCK_PATTERN = re.compile(r"^(aws-credentials|minio-credentials)/[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
+class CanarySettings(Section):
+    """When the `canary` flow promotes a canary version to production, drops it, or waits."""
+
+    min_requests: int = Field(
+        200, ge=1, le=100_000_000,
+        description="Requests the canary must have served since it started before the flow judges it; fewer: it waits.",
+    )
+    max_error_rate_increase: float = Field(
+        0.01, ge=0.0, le=1.0,
+        description="Most the canary's error rate (failed / served) may exceed production's over the same time, as a fraction (0.01 = one point); more drops it.",
+    )
+    min_ratings: int = Field(
+        20, ge=0, le=100_000_000,
+        description="Feedback ratings each of canary and production needs before their mean ratings are compared; with fewer, ratings do not count.",
+    )
+    max_rating_drop: float = Field(
+        0.1, ge=0.0, le=2.0,
+        description="Most the canary's mean rating (-1 bad .. 1 good) may fall below production's; a larger drop drops the canary.",
+    )
+    max_duration_hours: float = Field(
+        72.0, gt=0, le=8_760,
+        description="A canary that has not served min_requests this long after it started is dropped: too little traffic to judge it.",
+    )
+
+
 class RegistrySettings(Section):
     backend: Literal["local", "s3"] = Field(
         "local", description="Where versions live: 'local' is a directory (work_dir/registry unless root is set); 's3' is a bucket on AWS S3, MinIO, R2 or any S3-compatible service."
@@ -54,6 +79,9 @@ class RegistrySettings(Section):
     )
     gc_grace_minutes: float = Field(
         60.0, ge=0.0, description="`fragua registry gc` removes unfinished versions (no manifest) only when allocated at least this long ago, so it never races an upload in progress."
+    )
+    canary: CanarySettings = Field(
+        default_factory=CanarySettings, description="Gradual rollout: when the `canary` flow promotes or drops a version deployed with `fragua deploy --canary`."
     )
 
     @field_validator("model_name")
@@ -172,15 +200,16 @@ class IntakeSettings(Section):
 
 
 class NotificationSettings(Section):
-    """Messages about deploys, rollbacks and failed runs, sent through a Prefect notification block."""
+    """Messages about deploys, canary moves, rollbacks and failed runs, sent through a Prefect notification block."""
 
     block: str | None = Field(
         None,
         pattern=r"^[a-z0-9-]+/[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
         description="Prefect notification block as 'TYPE/NAME', e.g. 'custom-webhook/fragua-alerts' (see `fragua blocks save-webhook`); None sends nothing.",
     )
-    events: list[Literal["deploy", "rollback", "failure"]] = Field(
-        default_factory=lambda: ["deploy", "rollback", "failure"], description="Which events are sent."
+    events: list[Literal["deploy", "canary", "rollback", "failure"]] = Field(
+        default_factory=lambda: ["deploy", "canary", "rollback", "failure"],
+        description="Which events are sent: 'canary' is a canary started, promoted or dropped.",
     )
 
 

@@ -8,9 +8,10 @@ from pydantic import Field, model_validator
 
 from fragua.settings.base import NAME_PATTERN, Section
 from fragua.settings.benchmarks import BenchmarkSpec
+from fragua.settings.judge import JudgeSettings
 
 # Scores in [0, 1], higher is better: what min_score, min_metrics and the regression check read.
-ScoreMetric = Literal["token_f1", "exact_match", "rouge_l", "bleu", "numeric_accuracy", "mc_accuracy", "mc_accuracy_norm"]
+ScoreMetric = Literal["token_f1", "exact_match", "rouge_l", "bleu", "numeric_accuracy", "mc_accuracy", "mc_accuracy_norm", "judge_score"]
 # What "beat the base model" can be judged on: validation loss (lower is better) or a score.
 BaseComparisonMetric = Literal["loss", ScoreMetric]
 
@@ -22,7 +23,8 @@ class ValidateSettings(Section):
             "Score in [0, 1] that min_score and the regression check apply to. Free-form answers (greedy generation): "
             "token_f1, exact_match (SQuAD normalisation), rouge_l, bleu (sacrebleu corpus BLEU / 100), numeric_accuracy "
             "(answers that are numbers). Multiple-choice records (log-likelihood of each option): mc_accuracy (summed), "
-            "mc_accuracy_norm (per character of the option, like lm-eval-harness acc_norm)."
+            "mc_accuracy_norm (per character of the option, like lm-eval-harness acc_norm). With validate.judge: judge_score "
+            "(correct 1, partially correct 0.5, incorrect 0)."
         ),
     )
     min_score: float = Field(
@@ -74,6 +76,23 @@ class ValidateSettings(Section):
     bleu_tokenize: Literal["13a", "intl", "char", "none"] = Field(
         "13a", description="sacrebleu tokenizer for BLEU: 13a (the WMT standard), intl (splits Unicode punctuation such as '¿'), char, none."
     )
+    squad_normalization: Literal["fragua", "official"] = Field(
+        "fragua",
+        description=(
+            "Answer normalisation of exact_match and token_f1: 'official' is the SQuAD script's (lower case, ASCII "
+            "punctuation, English articles, spaces); 'fragua' also removes Unicode punctuation such as '¿', '¡', '«' and '…'."
+        ),
+    )
+    judge: JudgeSettings = Field(default_factory=JudgeSettings, description="The judge behind judge_score and the win rate against production.")
+    min_win_rate: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Promotion needs the candidate's win rate against production (the judge's pairwise verdicts in both orders, "
+            "a tie counting half) to reach this; None: reported, not gated. Needs validate.judge."
+        ),
+    )
     max_new_tokens: int = Field(48, ge=1, le=4096, description="Generation budget per validation answer.")
     batch_size: int = Field(32, ge=1, le=4096, description="Sequences per evaluation batch (forward passes and generation).")
     max_examples: int | None = Field(None, ge=1, description="Evaluate at most this many validation examples (a deterministic prefix).")
@@ -124,6 +143,16 @@ class ValidateSettings(Section):
     def _beat_base(self) -> ValidateSettings:
         if self.require_beat_base and not self.beat_base_metrics:
             raise ValueError("validate.beat_base_metrics is empty while validate.require_beat_base is true: name at least one metric (e.g. 'loss')")
+        if not self.judge.configured:
+            wanted = [name for name, uses in (
+                ("validate.primary_metric", self.primary_metric == "judge_score"),
+                ("validate.min_metrics", "judge_score" in self.min_metrics),
+                ("validate.beat_base_metrics", self.require_beat_base and "judge_score" in self.beat_base_metrics),
+            ) if uses]
+            if wanted:
+                raise ValueError(f"{' and '.join(wanted)} use judge_score but validate.judge.model is not set: name a judge model")
+            if self.min_win_rate is not None:
+                raise ValueError("validate.min_win_rate is set but validate.judge.model is not: the win rate needs a judge")
         return self
 
     @model_validator(mode="after")

@@ -1,27 +1,32 @@
 """Batch evaluation: answer a predefined question set with one model and score what can be scored.
 
 Questions come in any row format ingest understands (alpaca, prompt/completion, chat,
-multiple choice) or as plain ``{question, answer?, choices?, domain?, id?}`` rows; rows with
-a reference answer are scored like validation (greedy answers, the same metrics), rows
-without one are only answered.
+multiple choice) or as plain ``{question, answer?, choices?, domain?, category?, id?}`` rows;
+rows with a reference answer are scored like validation (greedy answers, the same metrics),
+rows without one are only answered. Each row's domain is decided as ingest decides it (its
+``domain`` field, ``data.routing``, its category such as HEAD-QA's, ``data.default_domain``).
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from fragua.data.formats import detect_format
 from fragua.data.formats.adapt import adapt_row
 from fragua.data.readers import read_batches
 from fragua.data.records import CHOICE_LETTERS, Message, RowError, answer_index, format_choices
+from fragua.data.routing import route, rules_for_source
 from fragua.data.sources import IngestError, Source, expand_sources
 from fragua.inference.choice import ModelChoice, load_model
-from fragua.settings import Settings, SourceSpec
+from fragua.settings import DataSettings, Settings, SourceSpec
+from fragua.validate.references import gold_answers
 from fragua.validate.scoring import EvalItem, ItemResult, MetricSet, score_items, summarize
 
 MAX_LISTED_ERRORS = 20
@@ -49,24 +54,39 @@ def _plain_text(row: dict[str, Any], key: str) -> str:
     return text
 
 
-def _domain(row: dict[str, Any]) -> str:
-    value = row.get("domain", "general")
+def _own_domain(row: dict[str, Any]) -> str | None:
+    value = row.get("domain")
+    if value is None:
+        return None
     if not isinstance(value, str) or not value.strip():
         raise RowError("field 'domain' must be a non-empty string")
     return value.strip()
 
 
-def question_item(row: dict[str, Any], default_id: str) -> EvalItem:
-    """One question file row as an evaluation item; RowError says why a row cannot be one."""
+def _category(row: dict[str, Any]) -> str | None:
+    value = row.get("category")
+    return str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+
+
+def question_item(row: dict[str, Any], default_id: str, data: DataSettings) -> tuple[EvalItem, str | None, str | None]:
+    """One question file row as an evaluation item (in ``data.default_domain`` until routed), its
+    own domain and its category; RowError says why a row cannot be one."""
     ident = str(row.get("id", default_id))
     fmt = detect_format(row)
     if fmt is not None:
-        draft = adapt_row(row, fmt)
+        draft = adapt_row(row, fmt, no_answer_text=data.no_answer_text)
         correct = answer_index(draft.answer, len(draft.choices)) if draft.choices else None
-        return EvalItem(
-            id=ident, domain=_domain(row), prompt=tuple(draft.messages[:-1]), reference=draft.messages[-1].content,
-            conversation=tuple(draft.messages), choices=tuple(draft.choices) if draft.choices else None, correct=correct,
+        reference = draft.messages[-1].content
+        item = EvalItem(
+            id=ident, domain=data.default_domain, prompt=tuple(draft.messages[:-1]), reference=reference,
+            references=gold_answers(reference, draft.meta), conversation=tuple(draft.messages),
+            choices=tuple(draft.choices) if draft.choices else None, correct=correct,
         )
+        return item, draft.domain, draft.category
+    return _plain_item(row, ident, data.default_domain), _own_domain(row), _category(row)
+
+
+def _plain_item(row: dict[str, Any], ident: str, domain: str) -> EvalItem:
     if "question" not in row:
         raise RowError(f"no 'question' field and no known format (keys: {sorted(row)}); see the README's input formats")
     question = _plain_text(row, "question")
@@ -74,13 +94,13 @@ def question_item(row: dict[str, Any], default_id: str) -> EvalItem:
     if choices is not None:
         if not isinstance(choices, list) or not 2 <= len(choices) <= len(CHOICE_LETTERS) or not all(isinstance(c, str) and c.strip() for c in choices):
             raise RowError("field 'choices' must be a list of 2 to 26 non-empty options")
-        return EvalItem(id=ident, domain=_domain(row), prompt=(Message(role="user", content=format_choices(question, choices)),), choices=tuple(choices))
+        return EvalItem(id=ident, domain=domain, prompt=(Message(role="user", content=format_choices(question, choices)),), choices=tuple(choices))
     prompt = (Message(role="user", content=question),)
     if row.get("answer") is None:
-        return EvalItem(id=ident, domain=_domain(row), prompt=prompt)
+        return EvalItem(id=ident, domain=domain, prompt=prompt)
     answer = _plain_text(row, "answer")
     return EvalItem(
-        id=ident, domain=_domain(row), prompt=prompt, reference=answer,
+        id=ident, domain=domain, prompt=prompt, reference=answer,
         conversation=(*prompt, Message(role="assistant", content=answer)),
     )
 
@@ -98,22 +118,41 @@ def _located_rows(source: Source) -> Iterator[tuple[str, dict[str, Any] | RowErr
                 yield locations[int(position)], {key: value for key, value in row.items() if value is not None}
 
 
-def read_questions(path: Path) -> list[EvalItem]:
+def _routed(items: list[tuple[EvalItem, str | None, str | None]], source: Source, data: DataSettings) -> list[EvalItem]:
+    """The items in the domains ingest would give their rows (:func:`fragua.data.routing.route`)."""
+    if not items:
+        return []
+    rules = rules_for_source(data.routing, source.name)
+    prompts = ["\n".join(m.content for m in item.prompt if m.role == "user") for item, _, _ in items]
+    domains = route(
+        len(items), rules,
+        row_domain=pa.array([domain for _, domain, _ in items], pa.string()),
+        category=pa.array([category for _, _, category in items], pa.string()),
+        prompt=pa.array(prompts, pa.string()),
+        source_domain=source.spec.domain,
+        default_domain=data.default_domain,
+    ).to_pylist()
+    return [replace(item, domain=domain) for (item, _, _), domain in zip(items, domains)]
+
+
+def read_questions(path: Path, data: DataSettings) -> list[EvalItem]:
     """Every row of a question file (or folder of them); any unusable row stops with all reasons listed."""
     items: list[EvalItem] = []
     errors: list[str] = []
     for source in expand_sources([SourceSpec(path=str(path))]):
         rows = 0
+        pending: list[tuple[EvalItem, str | None, str | None]] = []
         for location, value in _located_rows(source):
             rows += 1
             try:
                 if isinstance(value, RowError):
                     raise value
-                items.append(question_item(value, f"{source.path.name}:{location}"))
+                pending.append(question_item(value, f"{source.path.name}:{location}", data))
             except RowError as exc:
                 errors.append(f"{source.name} {location}: {exc}")
         if not rows:
             raise IngestError(f"{source.name}: the file has no rows")
+        items.extend(_routed(pending, source, data))
     if errors:
         listed = errors[:MAX_LISTED_ERRORS]
         more = f"\n  … and {len(errors) - len(listed)} more" if len(errors) > len(listed) else ""
@@ -145,7 +184,7 @@ def run_eval_batch(
     ``score_shards``: score shards of ``shard_items`` questions elsewhere (Prefect tasks on
     scale.task_runner), results in shard order; by default all in this process.
     """
-    items = read_questions(questions)
+    items = read_questions(questions, settings.data)
     if score_shards is None:
         results = score_shard(settings, choice, items)
     else:
@@ -163,6 +202,7 @@ def run_eval_batch(
             "bleu_tokenize": settings.validate.bleu_tokenize,
             "numeric_percent_as_fraction": settings.validate.numeric_percent_as_fraction,
             "numeric_tolerance": settings.validate.numeric_tolerance,
+            "squad_normalization": settings.validate.squad_normalization,
         },
         overall=overall,
         per_domain=per_domain,

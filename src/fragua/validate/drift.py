@@ -33,12 +33,16 @@ def question_key(item: EvalItem) -> str:
         "choices": list(item.choices) if item.choices else None,
         "correct": item.correct,
     }
+    if item.references is not None:  # only then: single-reference questions keep the keys their cached scores have
+        content["references"] = list(item.references)
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def scoring_key(settings: ValidateSettings, max_length: int) -> str:
     """What else decides a score: generation budget, prompt length, metric options."""
     fields = settings.model_dump(include={"max_new_tokens", "bleu_tokenize", "numeric_percent_as_fraction", "numeric_tolerance"})
+    if settings.squad_normalization != "fragua":  # only then: the default keeps the key scores were cached under before the setting existed
+        fields["squad_normalization"] = settings.squad_normalization
     # Multiple-choice options are tokenised as lm-eval tokenises them since "choice-encoding": 2;
     # scores cached before that are not comparable.
     content = {**fields, "max_length": max_length, "choice-encoding": 2}

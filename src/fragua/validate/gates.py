@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 from fragua.settings import ValidateSettings
 from fragua.validate.benchmarks import BenchmarkComparison, benchmark_gates
 from fragua.validate.drift import ReferenceComparison
+from fragua.validate.pairwise import WinRate
 from fragua.validate.scoring import HIGHER_IS_BETTER, MEASURED_ON, MetricSet
 
 
@@ -38,6 +39,7 @@ def decide(
     production: MetricSet | None = None,
     production_version: str | None = None,
     reference: ReferenceComparison | None = None,
+    win_rate: WinRate | None = None,
     benchmarks: BenchmarkComparison | None = None,
 ) -> Decision:
     """Every gate is checked and reported, so a failure lists all its causes at once.
@@ -47,8 +49,9 @@ def decide(
     model on validate.beat_base_metrics; and none of the gated scores drops more than
     validate.regression_tolerance below the production version's, nor more than
     validate.max_drop_from_best below the reference's (the best promoted version, or
-    validate.reference_version) on the questions both were scored on; and no validate.benchmarks
-    score drops more than validate.max_benchmark_drop below the production version's.
+    validate.reference_version) on the questions both were scored on; the judge's win rate
+    against production reaches validate.min_win_rate; and no validate.benchmarks score drops
+    more than validate.max_benchmark_drop below the production version's.
     """
     failures: list[str] = []
     passes: list[str] = []
@@ -118,6 +121,20 @@ def decide(
                 f"{metric} {ours:.4f} {'>=' if ok else '<'} {label}'s {theirs:.4f} - validate.max_drop_from_best {tolerance:.4f} "
                 f"on the {reference.shared} questions both were scored on" + ("" if ok else f" (a drop of {theirs - ours:.4f})"),
             )
+
+    if settings.min_win_rate is not None:
+        if win_rate is not None:
+            ok = win_rate.rate >= settings.min_win_rate
+            gate(
+                ok, "win_rate",
+                f"win rate against {'production ' + production_version if production_version else 'production'} {win_rate.rate:.4f} "
+                f"(95% interval {win_rate.low:.4f}-{win_rate.high:.4f}, {win_rate.wins} wins, {win_rate.ties} ties, {win_rate.losses} losses) "
+                f"{'>=' if ok else '<'} validate.min_win_rate {settings.min_win_rate:.4f}",
+            )
+        elif production is None:
+            passes.append("PASS validate.min_win_rate: no production version to compare with yet")
+        else:
+            gate(False, "win_rate", "win rate against production was not measured (no free-form questions both answered); validate.min_win_rate needs it")
 
     if benchmarks is not None:
         for ok, metric, text in benchmark_gates(benchmarks, settings.max_benchmark_drop):

@@ -13,26 +13,27 @@ from fractions import Fraction
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 
 
-def _is_punctuation(char: str) -> bool:
-    return char in string.punctuation or unicodedata.category(char).startswith("P")
+def _is_punctuation(char: str, ascii_only: bool) -> bool:
+    return char in string.punctuation or (not ascii_only and unicodedata.category(char).startswith("P"))
 
 
-def normalize_answer(text: str) -> str:
+def normalize_answer(text: str, *, ascii_only: bool = False) -> str:
     """The official SQuAD normalisation (lower case, no punctuation, no English articles,
-    single spaces), with Unicode punctuation such as '¿' and '¡' also removed."""
+    single spaces), with Unicode punctuation such as '¿', '¡' and '«' also removed unless
+    ``ascii_only`` (the official script removes only ASCII ``string.punctuation``)."""
     text = text.lower()
-    text = "".join(ch for ch in text if not _is_punctuation(ch))
+    text = "".join(ch for ch in text if not _is_punctuation(ch, ascii_only))
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
 
 
-def exact_match(prediction: str, reference: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(reference))
+def exact_match(prediction: str, reference: str, *, ascii_only: bool = False) -> float:
+    return float(normalize_answer(prediction, ascii_only=ascii_only) == normalize_answer(reference, ascii_only=ascii_only))
 
 
-def token_f1(prediction: str, reference: str) -> float:
-    predicted = normalize_answer(prediction).split()
-    expected = normalize_answer(reference).split()
+def token_f1(prediction: str, reference: str, *, ascii_only: bool = False) -> float:
+    predicted = normalize_answer(prediction, ascii_only=ascii_only).split()
+    expected = normalize_answer(reference, ascii_only=ascii_only).split()
     if not predicted or not expected:
         return float(predicted == expected)
     common = Counter(predicted) & Counter(expected)

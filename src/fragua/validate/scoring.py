@@ -22,7 +22,9 @@ from fragua.data.records import CHOICE_LETTERS, Message, Record, answer_index, m
 from fragua.inference.generation import batches, generate_answers
 from fragua.models.templates import IGNORE_INDEX, encode_conversation, generation_prompt
 from fragua.settings import ScoreMetric, ValidateSettings
-from fragua.validate.metrics import choose_option, corpus_bleu, exact_match, numeric_match, rouge_l, sentence_bleu, token_f1
+from fragua.validate.judge import VERDICT_SCORES
+from fragua.validate.metrics import choose_option, corpus_bleu, numeric_match, rouge_l, sentence_bleu
+from fragua.validate.references import best_scores, gold_answers
 
 SCORE_METRICS: tuple[str, ...] = get_args(ScoreMetric)
 HIGHER_IS_BETTER = {**{metric: True for metric in SCORE_METRICS}, "loss": False, "perplexity": False}
@@ -35,6 +37,7 @@ MEASURED_ON = {
     "numeric_accuracy": "free-form items whose reference is a number",
     "mc_accuracy": "multiple-choice items with an answer",
     "mc_accuracy_norm": "multiple-choice items with an answer",
+    "judge_score": "free-form items with a reference answer, judged by validate.judge",
 }
 # NaN and infinity survive a JSON round trip (a diverged model has an infinite loss).
 _JSON_FLOATS = ConfigDict(ser_json_inf_nan="constants")
@@ -48,16 +51,19 @@ class MetricSet(BaseModel):
     n: int = Field(description="Items scored.")
     loss: float | None = Field(None, description="Mean negative log-likelihood per reference-answer token.")
     perplexity: float | None = Field(None, description="exp(loss).")
-    exact_match: float | None = Field(None, description="Share of generated answers equal to the reference after SQuAD normalisation.")
-    token_f1: float | None = Field(None, description="Mean token-overlap F1 of generated answers (SQuAD normalisation).")
+    exact_match: float | None = Field(None, description="Share of generated answers equal to a reference after SQuAD normalisation (the best over all references).")
+    token_f1: float | None = Field(None, description="Mean token-overlap F1 of generated answers, the best over all references (SQuAD normalisation).")
     rouge_l: float | None = Field(None, description="Mean ROUGE-L F-measure of generated answers.")
     bleu: float | None = Field(None, description="Corpus BLEU of generated answers (sacrebleu), 0-1.")
     numeric_accuracy: float | None = Field(None, description="Share of numeric references whose number the answer ends with.")
     mc_accuracy: float | None = Field(None, description="Share of multiple-choice items whose most likely option (summed log-likelihood) is right.")
     mc_accuracy_norm: float | None = Field(None, description="Same, with the log-likelihood divided by the option's length in characters.")
+    judge_score: float | None = Field(None, description="Mean judge verdict of generated answers: correct 1, partially correct 0.5, incorrect 0.")
     n_generated: int = Field(0, description="Free-form items with a reference (exact match, F1, ROUGE-L, BLEU).")
     n_numeric: int = Field(0, description="Free-form items whose reference is a number (numeric accuracy).")
     n_choice: int = Field(0, description="Multiple-choice items with an answer (mc accuracy).")
+    n_judged: int = Field(0, description="Generated answers the judge read (judge_score).")
+    verdicts: dict[str, int] = Field(default_factory=dict, description="Judged answers per verdict (correct, partially correct, incorrect).")
 
     def value(self, metric: str) -> float | None:
         value = getattr(self, metric)
@@ -90,6 +96,9 @@ class ItemResult(BaseModel):
     numeric_match: float | None = None
     mc_correct: float | None = None
     mc_correct_norm: float | None = None
+    judge_verdict: str | None = Field(None, description="The judge's verdict: correct, partially correct or incorrect.")
+    judge_missing: list[str] | None = Field(None, description="Facts of the reference the judge found missing from the answer.")
+    judge_score: float | None = Field(None, description="The verdict as a score: correct 1, partially correct 0.5, incorrect 0.")
 
 
 class Evaluation(BaseModel):
@@ -107,6 +116,8 @@ class EvalItem:
     domain: str
     prompt: tuple[Message, ...]
     reference: str | None = None
+    # Every correct answer (SQuAD: all of meta.answers; () for an unanswerable question); None: the reference alone.
+    references: tuple[str, ...] | None = None
     conversation: tuple[Message, ...] | None = None  # prompt + reference (all assistant turns score the loss)
     choices: tuple[str, ...] | None = None
     correct: int | None = None  # index of the right option
@@ -119,6 +130,7 @@ class EvalItem:
             domain=record.domain,
             prompt=tuple(record.prompt_messages),
             reference=record.reference,
+            references=gold_answers(record.reference, record.meta),
             conversation=tuple(record.messages),
             choices=tuple(record.choices) if record.choices else None,
             correct=correct,
@@ -253,8 +265,7 @@ def score_items(model: Any, tokenizer: Any, items: Sequence[EvalItem], settings:
             prediction = generated[index]
             result.prediction = prediction
             if item.reference is not None:
-                result.exact_match = exact_match(prediction, item.reference)
-                result.token_f1 = token_f1(prediction, item.reference)
+                result.exact_match, result.token_f1 = best_scores(prediction, item.reference, item.references, normalization=settings.squad_normalization)
                 result.rouge_l = rouge_l(prediction, item.reference)
                 result.bleu = sentence_bleu(prediction, item.reference, tokenize=settings.bleu_tokenize)
                 result.numeric_match = numeric_match(
@@ -278,6 +289,7 @@ def aggregate(results: Sequence[ItemResult], *, bleu_tokenize: str = "13a") -> M
     generated = [r for r in results if r.exact_match is not None]
     choices = [r for r in results if r.mc_correct is not None]
     numeric = [r for r in results if r.numeric_match is not None]
+    judged = [r for r in results if r.judge_score is not None]
     return MetricSet(
         n=len(results),
         loss=loss,
@@ -289,9 +301,12 @@ def aggregate(results: Sequence[ItemResult], *, bleu_tokenize: str = "13a") -> M
         numeric_accuracy=_mean(r.numeric_match for r in numeric),
         mc_accuracy=_mean(r.mc_correct for r in choices),
         mc_accuracy_norm=_mean(r.mc_correct_norm for r in choices),
+        judge_score=_mean(r.judge_score for r in judged),
         n_generated=len(generated),
         n_numeric=len(numeric),
         n_choice=len(choices),
+        n_judged=len(judged),
+        verdicts={verdict: sum(1 for r in judged if r.judge_verdict == verdict) for verdict in VERDICT_SCORES} if judged else {},
     )
 
 
