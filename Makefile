@@ -24,12 +24,14 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 # Build the tiny base model, run the pipeline on batch 1 (-> v1), then on batch 1 + 2
-# (-> v2), roll production back once, and list what the registry holds.
+# (-> v2), roll production back once, and list what the registry holds. Both runs guard
+# against forgetting with the shipped general-knowledge benchmark (lm-eval, offline).
+DEMO_BENCHMARKS := --set 'validate.benchmarks=[{"task": "fragua_general_knowledge"}]'
 demo: install
 	rm -rf $(DEMO_DIR)
 	$(FRAGUA) --work-dir $(DEMO_DIR) init-base
-	$(FRAGUA) --work-dir $(DEMO_DIR) run --source $(EXAMPLES)/batch1
-	$(FRAGUA) --work-dir $(DEMO_DIR) run --source $(EXAMPLES)/batch1 --source $(EXAMPLES)/batch2
+	$(FRAGUA) --work-dir $(DEMO_DIR) $(DEMO_BENCHMARKS) run --source $(EXAMPLES)/batch1
+	$(FRAGUA) --work-dir $(DEMO_DIR) $(DEMO_BENCHMARKS) run --source $(EXAMPLES)/batch1 --source $(EXAMPLES)/batch2
 	$(FRAGUA) --work-dir $(DEMO_DIR) rollback
 	$(FRAGUA) --work-dir $(DEMO_DIR) versions
 

@@ -17,8 +17,10 @@ from fragua.jobs.validate import (
 )
 from fragua.settings import Settings
 from fragua.train.runs import RunFolder
+from fragua.validate.benchmarks import BenchmarkComparison
 from fragua.validate.drift import ReferenceComparison
 from fragua.validate.pairwise import HeadToHead
+from fragua.validate.retention import Retention
 from fragua.validate.scoring import Evaluation
 
 from . import STORAGE_RETRY_DELAYS, transient_only
@@ -84,8 +86,13 @@ def record_validation_task(
     production_version: str | None,
     reference: ReferenceComparison | None = None,
     versus_production: HeadToHead | None = None,
+    benchmarks: BenchmarkComparison | None = None,
+    retention: Retention | None = None,
 ) -> ValidationOutcome:
-    outcome = record_validation(settings, run_id, dataset_id, candidate, base, production, production_version, reference, versus_production)
+    outcome = record_validation(
+        settings, run_id, dataset_id, candidate, base, production, production_version, reference, versus_production,
+        benchmarks=benchmarks, retention=retention,
+    )
     logger = get_run_logger()
     logger.info("validation %s", "passed" if outcome.decision.passed else "FAILED")
     for reason in outcome.decision.reasons:

@@ -70,10 +70,16 @@ def test_option_logprobs_match_a_direct_forward_pass_whatever_the_batching(tiny_
     batched = option_logprobs(model, tokenizer, items, max_length=256, batch_size=3)
     one_by_one = option_logprobs(model, tokenizer, items, max_length=256, batch_size=1)
     for item, scores, single in zip(items, batched, one_by_one):
-        context = tokenizer(generation_prompt(tokenizer, item.prompt), add_special_tokens=False)["input_ids"]
+        # lm-eval's split: the prompt's closing newline is scored with the option, and the whole
+        # text is tokenised at once.
+        prompt = generation_prompt(tokenizer, item.prompt)
+        assert prompt.endswith("\n")
+        context = tokenizer(prompt[:-1])["input_ids"]
         for answer, score, alone in zip(item.option_answers(), scores, single):
-            option = tokenizer(answer, add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([context + option])
+            whole = tokenizer(prompt + answer)["input_ids"]
+            assert whole[: len(context)] == context
+            option = whole[len(context):]
+            ids = torch.tensor([whole])
             with torch.no_grad():
                 log_probs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
             direct = sum(float(log_probs[len(context) - 1 + k, token]) for k, token in enumerate(option))

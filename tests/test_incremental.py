@@ -8,6 +8,7 @@ import torch
 from fragua.data import store as dataset_store
 from fragua.data.records import Message, Record
 from fragua.jobs.data import ingest_sources
+from fragua.jobs.forgetting import retention_check
 from fragua.jobs.train import train_model
 from fragua.models.loading import load_for_inference
 from fragua.registry import open_registry
@@ -90,3 +91,14 @@ def test_a_new_version_learns_the_new_facts_and_keeps_the_old_ones(tmp_path):
     # It continued v1 instead of starting over: on the old facts it is far better than a fresh run of 30 steps would be.
     base_loss = answer_loss(v1_report.base_model, old_train, both)
     assert old_after < 0.7 * base_loss
+
+    # The validation report's learning/forgetting table tells the same on small fixed samples.
+    checked = both.model_copy(update={"validate": both.validate.model_copy(update={"retention_samples": 8, "max_new_tokens": 4})})
+    retention = retention_check(checked, v2_report.run_id, v1)
+    assert retention.previous_version == v1 and retention.incremental
+    groups = {group.name: group.scores for group in retention.groups}
+    assert list(groups) == ["trained", "new", "older"] and [group.n for group in retention.groups] == [8, 8, 8]
+    assert all(set(scores) == {"base", "previous", "candidate"} for scores in groups.values())
+    assert groups["new"]["candidate"].loss < 0.8 * groups["new"]["previous"].loss  # learned the new facts
+    assert groups["older"]["candidate"].loss < 0.7 * groups["older"]["base"].loss  # kept most of what v1 had learned
+    assert groups["older"]["previous"].loss < 0.7 * groups["older"]["base"].loss

@@ -27,7 +27,8 @@ def test_a_destroyed_candidate_is_rejected_naming_the_metric_and_production_stay
 
     work = tmp_path / "work"
     data = {"sources": [{"path": str(EXAMPLES / "batch1")}]}
-    validate = {"max_new_tokens": 32}  # the answers are shorter; both runs are judged alike
+    # The answers are shorter; both runs are judged alike, on a few questions of the shipped benchmark too.
+    validate = {"max_new_tokens": 32, "benchmarks": [{"task": "fragua_general_knowledge", "limit": 4}]}
     champion = pipeline_flow(Settings(work_dir=work, data=data, train={"max_steps": 120}, validate=validate))
     assert champion.passed and champion.promoted and champion.version == "fragua-tiny-v1"
 
@@ -55,6 +56,11 @@ def test_a_destroyed_candidate_is_rejected_naming_the_metric_and_production_stay
     assert {"token_f1", "loss"} <= set(outcome.decision.failed_metrics)
     assert math.isnan(outcome.candidate.overall.loss)  # eval.json keeps the diverged loss as NaN
     assert (work / "runs" / challenger.run_id / "validation" / "metrics_by_domain.png").is_file()
+    # The forgetting checks: production's benchmark scores are those it had as a candidate (kept at publish, not run again).
+    champion_outcome = load_validation(destructive, champion.run_id)
+    assert outcome.benchmarks.production == champion_outcome.benchmarks.candidate
+    assert outcome.benchmarks.candidate["fragua_general_knowledge"].questions == 4
+    assert [group.name for group in outcome.retention.groups] == ["trained", "older"]  # same data as v1: nothing new
 
     assert [m.version for m in registry.versions()] == ["fragua-tiny-v1"]
     assert registry.alias("production")[0].version == "fragua-tiny-v1"
@@ -70,6 +76,8 @@ def test_a_destroyed_candidate_is_rejected_naming_the_metric_and_production_stay
     report = latest_artifact(tag, "validation-report")
     assert f"# Validation of run `{challenger.run_id}`: FAILED" in report.data
     assert "FAIL token_f1" in report.data and "![Metrics per domain](data:image/png;base64," in report.data
+    assert "## General benchmarks (forgetting guard)" in report.data and "| base | production fragua-tiny-v1 | candidate |" in report.data
+    assert "## Learning and forgetting on the team's data" in report.data and "| base | production fragua-tiny-v1 | candidate | Δ vs production |" in report.data
     table = latest_artifact(tag, "validation-metrics")
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert {row["model"] for row in rows} == {"candidate", "production fragua-tiny-v1", "base"}

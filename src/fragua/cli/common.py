@@ -33,9 +33,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from fragua.registry.export import ExportError
     from fragua.registry.versions import RegistryError
     from fragua.storage.store import StoreError
+    from fragua.validate.benchmarks import BenchmarkError
 
     return (IngestError, RegistryError, ModelLoadError, StoreError, TemplateError, ExportError, PrefectServerError, FileNotFoundError,
-            QueueUnavailable)
+            QueueUnavailable, BenchmarkError)
 
 
 def load_settings(ctx: typer.Context, sources: list[Path] | None = None) -> Settings:

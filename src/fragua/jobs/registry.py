@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from fragua.data.store import open_dataset_store
+from fragua.jobs.forgetting import keep_benchmarks_as_version
 from fragua.jobs.validate import keep_scores_as_version, load_validation
 from fragua.models.identity import base_model_identity, locate_base
 from fragua.models.loading import load_for_inference
@@ -125,6 +126,7 @@ def publish_run(settings: Settings, run_id: str, *, flow_run_id: str | None = No
     )
     manifest = registry.publish(version, files, manifest_fields)
     keep_scores_as_version(settings, run_id, manifest.version)
+    keep_benchmarks_as_version(settings, run_id, manifest.version)
     _remove_mirrored_checkpoints(settings, run_id)
     return manifest
 

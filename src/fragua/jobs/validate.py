@@ -18,10 +18,12 @@ from fragua.registry.versions import PRODUCTION, Registry, RegistryError
 from fragua.reports.validation import validation_report
 from fragua.settings import Settings
 from fragua.train.runs import RunFolder
+from fragua.validate.benchmarks import BenchmarkComparison
 from fragua.validate.drift import ReferenceComparison, ScoreCache, best_reference, question_key, scoring_key
 from fragua.validate.gates import Decision, decide
 from fragua.validate.pairwise import HeadToHead
 from fragua.validate.plots import loss_curve, metric_bars
+from fragua.validate.retention import Retention
 from fragua.validate.scoring import EvalItem, Evaluation, ItemResult, score_items, spread_samples, summarize
 
 logger = logging.getLogger("fragua.jobs")
@@ -37,6 +39,8 @@ class ValidationOutcome(BaseModel):
     reference: ReferenceComparison | None = Field(None, description="Candidate vs the best promoted (or pinned) version on shared questions.")
     head_to_head: HeadToHead | None = Field(None, description="Candidate vs production answers: the judge's win rate, the largest differences.")
     decision: Decision
+    benchmarks: BenchmarkComparison | None = Field(None, description="validate.benchmarks on candidate, production and base (lm-eval).")
+    retention: Retention | None = Field(None, description="Learning and forgetting on samples of the team's own trained examples.")
     report_path: str
     eval_path: str
     plots: dict[str, str] = Field(default_factory=dict, description="Plot name -> PNG in the run's validation folder.")
@@ -170,6 +174,9 @@ def record_validation(
     production_version: str | None,
     reference: ReferenceComparison | None = None,
     versus_production: HeadToHead | None = None,
+    *,
+    benchmarks: BenchmarkComparison | None = None,
+    retention: Retention | None = None,
 ) -> ValidationOutcome:
     """Apply the gates; write eval.json, report.md and the plots into the run's validation
     folder; log metrics, decision and plots to tracking."""
@@ -181,6 +188,7 @@ def record_validation(
         production_version=production_version,
         reference=reference,
         win_rate=versus_production.win_rate if versus_production else None,
+        benchmarks=benchmarks,
     )
     run = RunFolder.of(settings.runs_path, run_id)
     run.validation_dir.mkdir(parents=True, exist_ok=True)
@@ -196,6 +204,8 @@ def record_validation(
         versus_production=versus_production,
         decision=decision,
         plots={name: path.name for name, path in plots.items()},
+        benchmarks=benchmarks,
+        retention=retention,
     )
     outcome = ValidationOutcome(
         run_id=run_id,
@@ -207,6 +217,8 @@ def record_validation(
         reference=reference,
         head_to_head=versus_production,
         decision=decision,
+        benchmarks=benchmarks,
+        retention=retention,
         report_path=str(run.validation_report_file),
         eval_path=str(run.validation_file),
         plots={name: str(path) for name, path in plots.items()},
@@ -224,6 +236,9 @@ def record_validation(
         if reference:
             metrics.update({f"best/{k}": v for k, v in reference.reference.model_dump(exclude_none=True).items()})
             metrics.update({f"candidate_on_best_questions/{k}": v for k, v in reference.candidate.model_dump(exclude_none=True).items()})
+        if benchmarks:
+            for label, scores in (("candidate", benchmarks.candidate), ("production", benchmarks.production), ("base", benchmarks.base)):
+                metrics.update({f"benchmarks/{label}/{task}/{score.metric}": score.value for task, score in (scores or {}).items()})
         if versus_production and versus_production.win_rate:
             rate = versus_production.win_rate
             metrics.update({"win_rate/rate": rate.rate, "win_rate/low": rate.low, "win_rate/high": rate.high, "win_rate/wins": rate.wins,

@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from fragua.reports.forgetting import benchmark_section, retention_section
 from fragua.reports.judging import judge_section, verdict_note, versus_production_section
 from fragua.reports.markdown import Cell, clip, escape, finite, plot, table
+from fragua.validate.benchmarks import BenchmarkComparison
 from fragua.validate.drift import ReferenceComparison
 from fragua.validate.gates import Decision
 from fragua.validate.pairwise import HeadToHead
+from fragua.validate.retention import Retention
 from fragua.validate.scoring import SCORE_METRICS, Evaluation, ItemResult
 
 ALL_COLUMNS = ("n", "loss", "perplexity", *SCORE_METRICS)
@@ -114,6 +117,8 @@ def validation_report(
     plots: dict[str, str] | None = None,
     artifact: bool = False,
     versus_production: HeadToHead | None = None,
+    benchmarks: BenchmarkComparison | None = None,
+    retention: Retention | None = None,
 ) -> str:
     """The validation report. ``plots`` maps a plot name to its file, a path relative to the
     report. ``artifact``: the Prefect UI's version, which cannot open the run folder: ``plots``
@@ -146,6 +151,8 @@ def validation_report(
         overall_comparison(candidate, production, production_label, base),
         *([(f"## Candidate vs {'reference' if reference.pinned else 'best promoted version'} `{reference.version}` "
             f"({reference.shared} shared questions)"), "", reference_comparison_table(reference)] if reference else []),
+        *(benchmark_section(benchmarks, decision.failed_metrics) if benchmarks else []),
+        *(retention_section(retention, decision.primary_metric) if retention else []),
         "## Per domain",
         "",
         table(

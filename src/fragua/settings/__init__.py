@@ -6,6 +6,7 @@ with what they share in ``base``. Import the names from here.
 """
 
 from fragua.settings.base import NAME_PATTERN, check_name, resource_path, shipped_profiles
+from fragua.settings.benchmarks import SHIPPED_TASK, BenchmarkSpec
 from fragua.settings.data import HF_PREFIX, MODEL_STRATEGIES, DataSettings, DomainRule, ExpandGenerationSettings, ExpandSettings, SourceSpec
 from fragua.settings.judge import JudgeSettings
 from fragua.settings.operations import CanarySettings, IntakeSettings, NotificationSettings, RegistrySettings, ScaleSettings, TrackingSettings
@@ -19,7 +20,9 @@ __all__ = [
     "HF_PREFIX",
     "MODEL_STRATEGIES",
     "NAME_PATTERN",
+    "SHIPPED_TASK",
     "AccelerateSettings",
+    "BenchmarkSpec",
     "CanarySettings",
     "ChatSettings",
     "DataSettings",

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from fragua.settings.base import NAME_PATTERN, Section
+from fragua.settings.benchmarks import BenchmarkSpec
 from fragua.settings.judge import JudgeSettings
 
 # Scores in [0, 1], higher is better: what min_score, min_metrics and the regression check read.
@@ -97,6 +98,47 @@ class ValidateSettings(Section):
     max_examples: int | None = Field(None, ge=1, description="Evaluate at most this many validation examples (a deterministic prefix).")
     report_samples: int = Field(12, ge=0, le=1000, description="Answers shown in the validation report and kept in eval.json.")
 
+    # Forgetting: general benchmarks (lm-evaluation-harness) and the team's own trained examples.
+    benchmarks: list[BenchmarkSpec] = Field(
+        default_factory=list,
+        description=(
+            "lm-evaluation-harness tasks run on the base model, the production version and the candidate (loaded as Fragua "
+            "loads it: base + adapter), e.g. [{task = 'fragua_general_knowledge'}, {task = 'arc_easy', limit = 200, metric = "
+            "'acc_norm'}]; the report shows them side by side and validate.max_benchmark_drop gates them. Empty: none run."
+        ),
+    )
+    benchmark_include_path: list[str] = Field(
+        default_factory=list,
+        description="Folders of lm-eval task YAML files (lm-eval's --include_path), searched with Fragua's shipped tasks before lm-eval's own registry.",
+    )
+    benchmark_chat_template: bool = Field(
+        False,
+        description=(
+            "Ask benchmark questions through the model's chat template (lm-eval's apply_chat_template), as a chat fine-tune "
+            "is used; off, the plain prompts that published scores use."
+        ),
+    )
+    max_benchmark_drop: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Largest drop of each validate.benchmarks metric vs the production version (measured on the same questions); "
+            "a bigger drop means the candidate forgot general ability, and it is not promoted."
+        ),
+    )
+    retention_samples: int = Field(
+        16,
+        ge=0,
+        le=1000,
+        description=(
+            "Trained examples the report scores per group: a sample of what the candidate trained on and, when it follows a "
+            "production (or parent) version, of the examples new since it and of the older ones it trained on; each on base, "
+            "that version and the candidate. 0 turns the table off."
+        ),
+    )
+    retention_seed: int = Field(0, ge=0, description="Seed of the retention samples: the same data gives the same sample, version after version.")
+
     @model_validator(mode="after")
     def _beat_base(self) -> ValidateSettings:
         if self.require_beat_base and not self.beat_base_metrics:
@@ -111,6 +153,14 @@ class ValidateSettings(Section):
                 raise ValueError(f"{' and '.join(wanted)} use judge_score but validate.judge.model is not set: name a judge model")
             if self.min_win_rate is not None:
                 raise ValueError("validate.min_win_rate is set but validate.judge.model is not: the win rate needs a judge")
+        return self
+
+    @model_validator(mode="after")
+    def _distinct_benchmarks(self) -> ValidateSettings:
+        tasks = [spec.task for spec in self.benchmarks]
+        repeated = sorted({task for task in tasks if tasks.count(task) > 1})
+        if repeated:
+            raise ValueError(f"validate.benchmarks names {', '.join(repeated)} more than once: give each task one entry")
         return self
 
 

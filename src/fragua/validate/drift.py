@@ -43,7 +43,10 @@ def scoring_key(settings: ValidateSettings, max_length: int) -> str:
     fields = settings.model_dump(include={"max_new_tokens", "bleu_tokenize", "numeric_percent_as_fraction", "numeric_tolerance"})
     if settings.squad_normalization != "fragua":  # only then: the default keeps the key scores were cached under before the setting existed
         fields["squad_normalization"] = settings.squad_normalization
-    return hashlib.sha256(json.dumps({**fields, "max_length": max_length}, sort_keys=True).encode()).hexdigest()[:16]
+    # Multiple-choice options are tokenised as lm-eval tokenises them since "choice-encoding": 2;
+    # scores cached before that are not comparable.
+    content = {**fields, "max_length": max_length, "choice-encoding": 2}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class ScoreCache:

@@ -7,6 +7,7 @@ import math
 from pydantic import BaseModel, Field
 
 from fragua.settings import ValidateSettings
+from fragua.validate.benchmarks import BenchmarkComparison, benchmark_gates
 from fragua.validate.drift import ReferenceComparison
 from fragua.validate.pairwise import WinRate
 from fragua.validate.scoring import HIGHER_IS_BETTER, MEASURED_ON, MetricSet
@@ -39,6 +40,7 @@ def decide(
     production_version: str | None = None,
     reference: ReferenceComparison | None = None,
     win_rate: WinRate | None = None,
+    benchmarks: BenchmarkComparison | None = None,
 ) -> Decision:
     """Every gate is checked and reported, so a failure lists all its causes at once.
 
@@ -47,8 +49,9 @@ def decide(
     model on validate.beat_base_metrics; and none of the gated scores drops more than
     validate.regression_tolerance below the production version's, nor more than
     validate.max_drop_from_best below the reference's (the best promoted version, or
-    validate.reference_version) on the questions both were scored on; and the judge's win rate
-    against production reaches validate.min_win_rate.
+    validate.reference_version) on the questions both were scored on; the judge's win rate
+    against production reaches validate.min_win_rate; and no validate.benchmarks score drops
+    more than validate.max_benchmark_drop below the production version's.
     """
     failures: list[str] = []
     passes: list[str] = []
@@ -132,6 +135,10 @@ def decide(
             passes.append("PASS validate.min_win_rate: no production version to compare with yet")
         else:
             gate(False, "win_rate", "win rate against production was not measured (no free-form questions both answered); validate.min_win_rate needs it")
+
+    if benchmarks is not None:
+        for ok, metric, text in benchmark_gates(benchmarks, settings.max_benchmark_drop):
+            gate(ok, metric, text)
 
     return Decision(
         passed=not failures,

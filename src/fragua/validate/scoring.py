@@ -4,8 +4,9 @@ multiple-choice accuracy by option log-likelihood, per item, per domain and over
 Every forward pass and every generation runs in batches on the model's device (the GPU when
 there is one). Free-form items are answered greedily and scored with exact match, token F1,
 ROUGE-L, BLEU and (for numeric references) numeric equivalence; multiple-choice items are
-scored the way evaluation harnesses do it, by the log-likelihood of each option's answer
-text after the prompt, summed and per character.
+scored the way lm-evaluation-harness scores them (acc and acc_norm), by the log-likelihood of
+each option's answer text after the prompt, summed and per character of the option, with the
+prompt and option tokens split as lm-eval splits them (``encode_pair``).
 """
 
 from __future__ import annotations
@@ -188,25 +189,49 @@ def answer_losses(model: Any, tokenizer: Any, conversations: Sequence[Sequence[M
     return labelled_nll(model, [(e.input_ids, e.labels) for e in encoded], pad_id=tokenizer.pad_token_id, batch_size=batch_size)
 
 
-def option_logprobs(model: Any, tokenizer: Any, items: Sequence[EvalItem], max_length: int, batch_size: int) -> list[list[float]]:
-    """Log-likelihood of each option's answer text after the item's generation prompt.
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of a context and of its continuation, split the way lm-evaluation-harness's
+    HFLM splits them, so that Fragua and lm-eval score the same tokens: whitespace that ends the
+    context moves to the start of the continuation, the whole text is encoded at once and cut
+    after the context's tokens, and the tokenizer adds its special tokens (BOS) unless the text
+    already starts with one (a chat template that writes its own BOS)."""
+    if not context:
+        raise ValueError("encode_pair needs a non-empty context")
+    stripped = context.rstrip()
+    context, continuation = stripped, context[len(stripped):] + continuation
+    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    special = prefix is None or not context.startswith(tokenizer.decode(prefix))
+    whole = tokenizer(context + continuation, add_special_tokens=special)["input_ids"]
+    context_ids = tokenizer(context, add_special_tokens=special)["input_ids"]
+    return context_ids, whole[len(context_ids):]
 
-    Prompt and option are tokenised separately and concatenated, as lm-eval-harness does, so
-    every option is scored on the same prompt tokens; a prompt that does not fit loses its
-    beginning, never the option.
-    """
-    sequences, owners = [], []
+
+def continuation_logprobs(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int, batch_size: int) -> list[float]:
+    """Log-likelihood of each continuation after its context (tokens as ``encode_pair`` splits
+    them); a pair that does not fit in ``max_length`` tokens loses the beginning of its context,
+    never the continuation."""
+    sequences = []
+    for context, continuation in pairs:
+        context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
+        continuation_ids = continuation_ids[: max_length - 1]
+        kept = context_ids[max(0, len(context_ids) + len(continuation_ids) - max_length):]
+        sequences.append((kept + continuation_ids, [IGNORE_INDEX] * len(kept) + continuation_ids))
+    return [-nll for nll, _ in labelled_nll(model, sequences, pad_id=tokenizer.pad_token_id, batch_size=batch_size)]
+
+
+def option_logprobs(model: Any, tokenizer: Any, items: Sequence[EvalItem], max_length: int, batch_size: int) -> list[list[float]]:
+    """Log-likelihood of each option's answer text after the item's generation prompt: the
+    continuations lm-eval scores for a multiple-choice task run with its chat template
+    (``apply_chat_template``, no target delimiter), encoded as lm-eval encodes them."""
+    pairs, owners = [], []
     for index, item in enumerate(items):
-        context = tokenizer(generation_prompt(tokenizer, item.prompt), add_special_tokens=False)["input_ids"]
+        context = generation_prompt(tokenizer, item.prompt)
         for answer in item.option_answers():
-            option = tokenizer(answer, add_special_tokens=False)["input_ids"][:max_length - 1]
-            kept = context[max(0, len(context) + len(option) - max_length):]
-            sequences.append((kept + option, [IGNORE_INDEX] * len(kept) + option))
+            pairs.append((context, answer))
             owners.append(index)
-    scored = labelled_nll(model, sequences, pad_id=tokenizer.pad_token_id, batch_size=batch_size)
     result: list[list[float]] = [[] for _ in items]
-    for owner, (nll, _) in zip(owners, scored):
-        result[owner].append(-nll)
+    for owner, logprob in zip(owners, continuation_logprobs(model, tokenizer, pairs, max_length, batch_size)):
+        result[owner].append(logprob)
     return result
 
 
