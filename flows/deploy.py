@@ -6,8 +6,9 @@ from prefect.runtime import flow_run
 from prefect.states import State
 from prefect.transactions import transaction
 
-from fragua.jobs.registry import DeployOutcome, version_file
+from fragua.jobs.registry import DeployOutcome
 from fragua.jobs.validate import ValidationOutcome
+from fragua.registry import version_file
 from fragua.registry.versions import AliasState
 from fragua.reports.outcome import PROMOTED, CandidateOutcome, Verdict, candidate_verdict, promote_hint
 from fragua.settings import Settings, SettingsParameter

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ class TrackingRun:
     mode: str
     run: Any = None
     reference: str | None = None  # run id and local path (offline) or URL (online)
+    seconds: float = 0.0  # spent setting the run up and finishing it (a job's report shows it)
 
     @property
     def report_to(self) -> list[str]:
@@ -65,6 +67,7 @@ def tracking_run(
     if settings.mode == "disabled":
         yield TrackingRun(mode="disabled")
         return
+    began = time.monotonic()
     import wandb
 
     root = work_dir / "wandb"
@@ -85,10 +88,12 @@ def tracking_run(
         settings=wandb.Settings(silent=True, console="off", api_key=api_key),
     )
     reference = run.url if settings.mode == "online" else f"{run.id} ({run.settings.sync_dir})"
+    tracker = TrackingRun(mode=settings.mode, run=run, reference=reference, seconds=time.monotonic() - began)
     try:
-        yield TrackingRun(mode=settings.mode, run=run, reference=reference)
+        yield tracker
     except BaseException:
         run.finish(exit_code=1)
         raise
-    else:
-        run.finish()
+    finishing = time.monotonic()
+    run.finish()
+    tracker.seconds += time.monotonic() - finishing
