@@ -53,6 +53,24 @@ def test_lora_weights_change_and_the_adapter_carries_the_chat_template(tiny_base
     assert report.base_parameters > 100_000 and report.trained_tokens > 0 and report.eval_loss is not None
 
 
+def test_the_validation_split_is_evaluated_once_at_the_end_and_the_phases_are_timed(tiny_base, records, tmp_path):
+    # 64 examples in batches of 8: one epoch is 8 steps; max_steps ends the loop in the second epoch,
+    # where the epoch-end evaluation runs; its loss is the final one, not evaluated again.
+    report, _ = run(tiny_base, records, tmp_path / "run", max_steps=12, save_steps=100)
+    evaluations = [entry for entry in report.log_history if "eval_loss" in entry]
+    assert [entry["step"] for entry in evaluations] == [8, 12]
+    assert report.eval_loss == evaluations[-1]["eval_loss"]
+    assert list(report.phase_seconds) == ["setup", "training", "evaluation", "save"]
+    assert all(seconds >= 0 for seconds in report.phase_seconds.values())
+    assert report.phase_seconds["evaluation"] == pytest.approx(sum(entry["eval_runtime"] for entry in evaluations), abs=0.05)
+
+    # A run resumed from its final checkpoint trains no step: its loss is evaluated after the loop, once.
+    resumed, _ = run(tiny_base, records, tmp_path / "run", max_steps=12, save_steps=100)
+    again = [entry for entry in resumed.log_history if "eval_loss" in entry]
+    assert resumed.resumed_from.endswith("checkpoint-12") and [entry["step"] for entry in again] == [8, 12, 12]
+    assert resumed.eval_loss == pytest.approx(report.eval_loss, rel=1e-5)
+
+
 def test_resume_skips_a_checkpoint_without_completion_marker(tiny_base, records, tmp_path):
     run_dir = tmp_path / "run"
     complete, _ = run(tiny_base, records, run_dir)

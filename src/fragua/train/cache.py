@@ -101,7 +101,16 @@ class TrainingCache:
         counts = {"truncated": split.truncated, "dropped": split.dropped, "trained_tokens": split.trained_tokens, "probe_rows": split.probe_rows}
 
         def write(staging: Path) -> None:
-            split.dataset.save_to_disk(str(staging / "rows"))
+            from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+            # a progress bar per save would interleave with the command's own output
+            shown = not are_progress_bars_disabled()
+            disable_progress_bars()
+            try:
+                split.dataset.save_to_disk(str(staging / "rows"))
+            finally:
+                if shown:
+                    enable_progress_bars()
             (staging / COUNTS_FILE).write_text(json.dumps(counts))
 
         self._publish(self.folder / SPLITS_FOLDER / key, write)
