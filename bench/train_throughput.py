@@ -243,11 +243,11 @@ def measure_jobs(folder: Path, env: dict[str, str], jobs: list, prepared: dict, 
             variants = [("fragua train (server running, cold cache)", env, True), ("fragua train (server running, warm cache)", env, False)]
             if name == "short":
                 variants.append(("fragua train (temporary Prefect server, warm cache)", temporary_env, False))
-            for label, variant_env, cold in variants:
+            for number, (label, variant_env, cold) in enumerate(variants):
                 shutil.rmtree(work / "runs", ignore_errors=True)
                 if cold:
                     shutil.rmtree(work / "cache" / "training", ignore_errors=True)
-                seconds, _ = run_timed(fragua_command(work, base, dataset_id, steps), variant_env, folder / name / f"fragua-{repeat}.log")
+                seconds, _ = run_timed(fragua_command(work, base, dataset_id, steps), variant_env, folder / name / f"fragua-{repeat}-{number}.log")
                 report = fragua_report(work)
                 results.setdefault((name, label), []).append({"seconds": seconds, "loop": report["phase_seconds"]["training"],
                                                               "tokens_per_second": report["tokens_per_second"], "phases": report["phase_seconds"]})
@@ -273,8 +273,10 @@ def print_whole_process(jobs: list, prepared: dict, results: dict[tuple[str, str
                   f"{rate:>9,.0f} {rate / baseline_rate:>12.2f}x")
             if "phases" in runs[-1]:
                 print("  " + " " * 4 + "phases (last run): " + ", ".join(f"{k} {v:.1f} s" for k, v in runs[-1]["phases"].items()))
-        print(f"  (script time / fragua time: {baseline / statistics.median(r['seconds'] for r in results[(name, 'fragua train (server running, cold cache)')]):.2f}x "
-              "faster end to end with a running server, cold cache)")
+        for label in ("fragua train (server running, cold cache)", "fragua train (server running, warm cache)"):
+            fragua = statistics.median(r["seconds"] for r in results[(name, label)])
+            print(f"  end to end, {label.removeprefix('fragua train ')}: script {baseline:.1f} s / fragua {fragua:.1f} s = "
+                  f"{baseline / fragua:.2f}x (above 1: Fragua faster); fragua takes {fragua / baseline:.2f}x the script's time")
 
 
 def main() -> None:

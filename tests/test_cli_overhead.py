@@ -53,6 +53,16 @@ def test_commands_that_run_no_flow_import_no_heavy_library(args, tmp_path):
     assert imported == "", f"`fragua {' '.join(args)}` imported {imported}"
 
 
+def test_importing_the_flows_imports_no_machine_learning_library():
+    # A flow run starts (and its server records it) before the training or validation code loads them.
+    script = ("import sys, importlib\n"
+              "for name in ('train', 'pipeline', 'validate', 'deploy', 'ingest', 'autotrain', 'hpo', 'expand', 'eval_batch'):\n"
+              "    importlib.import_module('fragua.flows.' + name)\n"
+              f"print(','.join(m for m in {HEAVY[:-1]!r} if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
+    assert done.stdout.strip() == "", done.stdout
+
+
 def _flow_run_names(api_url: str) -> list[str]:
     response = httpx.post(f"{api_url}/flow_runs/filter", json={}, timeout=30)
     response.raise_for_status()

@@ -64,11 +64,24 @@ def test_the_validation_split_is_evaluated_once_at_the_end_and_the_phases_are_ti
     assert all(seconds >= 0 for seconds in report.phase_seconds.values())
     assert report.phase_seconds["evaluation"] == pytest.approx(sum(entry["eval_runtime"] for entry in evaluations), abs=0.05)
 
-    # A run resumed from its final checkpoint trains no step: its loss is evaluated after the loop, once.
-    resumed, _ = run(tiny_base, records, tmp_path / "run", max_steps=12, save_steps=100)
-    again = [entry for entry in resumed.log_history if "eval_loss" in entry]
-    assert resumed.resumed_from.endswith("checkpoint-12") and [entry["step"] for entry in again] == [8, 12, 12]
-    assert resumed.eval_loss == pytest.approx(report.eval_loss, rel=1e-5)
+
+
+def test_the_final_loss_is_evaluated_only_when_the_loop_did_not_end_on_an_evaluation():
+    from types import SimpleNamespace
+
+    from fragua.train.trainer import final_eval_loss
+
+    evaluated = []
+
+    def trainer(history, global_step, best=None):
+        state = SimpleNamespace(log_history=history, global_step=global_step, best_model_checkpoint=best and "checkpoint-4", best_metric=best)
+        return SimpleNamespace(state=state, args=SimpleNamespace(load_best_model_at_end=best is not None),
+                               evaluate=lambda: evaluated.append(global_step) or {"eval_loss": 9.0})
+
+    history = [{"loss": 3.0, "step": 4}, {"eval_loss": 2.5, "step": 4}, {"eval_loss": 2.0, "step": 8}]
+    assert final_eval_loss(trainer(history, 8)) == 2.0 and evaluated == []
+    assert final_eval_loss(trainer(history, 8, best=2.5)) == 2.5 and evaluated == []  # the best checkpoint was loaded
+    assert final_eval_loss(trainer(history, 10)) == 9.0 and evaluated == [10]  # steps after the last evaluation
 
 
 def test_resume_skips_a_checkpoint_without_completion_marker(tiny_base, records, tmp_path):

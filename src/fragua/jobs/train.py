@@ -140,7 +140,8 @@ def train_model(
     elif start_info:
         load_from = start_info.weights  # a full fine-tune continues from its own weights
     cache = training_cache(settings, dataset.id, train_selected=start_info is not None or streaming)
-    with tracking_run(settings.tracking, settings.work_path, name=run_id, job_type=job_type, config=settings.redacted()) as tracker, \
+    # W&B sets its run up while the model and data are prepared; train() waits for it before the first step.
+    with tracking_run(settings.tracking, settings.work_path, name=run_id, job_type=job_type, config=settings.redacted(), background=True) as tracker, \
             mirrored_checkpoints(settings, run_id, run.checkpoints_dir):
         common = dict(
             base_model=load_from, settings=train_settings, train_records=train_records,
@@ -159,7 +160,7 @@ def train_model(
 
             report = train_distributed(**common, progress=forward)
         else:
-            report = train(**common, report_to=tracker.report_to, progress=progress, cache=cache)
+            report = train(**common, report_to=tracker.report_to, tracking_ready=tracker.ready, progress=progress, cache=cache)
         report.base_model = base
         if start_info:
             report.parent_version = start_info.version

@@ -43,16 +43,16 @@ def train(
     deadline: float | None = None,
     extra_callbacks: list[Any] | None = None,
     cache: TrainingCache | None = None,
+    tracking_ready: Callable[[], None] | None = None,
 ) -> TrainReport:
     """Train (or resume) one run and save the adapter (or full model) with its tokenizer.
 
     ``init_adapter`` continues training a saved adapter (incremental training) instead of
     creating fresh adapters; ``deadline`` (a ``time.time()`` value) stops training early;
     ``extra_callbacks`` are more TrainerCallbacks (the benchmark's meter); ``cache`` keeps
-    tokenised splits and the packing check's verdict for the next run (``train.cache``).
+    tokenised splits and the packing check's verdict for the next run; ``tracking_ready`` waits
+    for the tracking run that ``report_to`` logs into (set up while this one set up).
     """
-    from transformers import set_seed
-
     from fragua.models.loading import require_quantization_backend
 
     if settings.method == "qlora":
@@ -63,6 +63,9 @@ def train(
     folder = RunFolder(path=run_dir)
     checkpoints_dir = folder.checkpoints_dir
     with clock.phase("setup"):
+        # transformers' training utilities import torch, peft (and with it bitsandbytes): the bulk of setup on a small model
+        from transformers import set_seed
+
         set_seed(settings.seed)
         tokenizer = setup_tokenizer(base_model, settings, init_adapter)
         data = setup_data(tokenizer, train_records, eval_records, settings, cache=cache)
@@ -73,6 +76,8 @@ def train(
         logger.info("%s", built.plan.note)
         callbacks = setup_callbacks(settings, progress=progress, deadline=deadline, has_eval=data.eval is not None, extra=extra_callbacks)
         trainer = setup_trainer(settings, built, tokenizer, data, callbacks, checkpoints_dir=checkpoints_dir, report_to=report_to, run_name=run_name)
+    if tracking_ready is not None:
+        tracking_ready()  # its wait is the tracking's time (the caller's report), not this run's
     with clock.phase("training"):
         resumed_from = train_or_resume(trainer, checkpoints_dir)
     with clock.phase("evaluation"):
