@@ -13,7 +13,7 @@ to it. Fragua runs against a Prefect server started for the benchmark (``fragua 
 start``), with its tokenisation cache cold and warm, and once with a temporary server.
 
     .venv/bin/python bench/train_throughput.py [--steps 20] [--repeats 2] [--examples 256] [--threads N] [--method lora|qlora]
-    .venv/bin/python bench/train_throughput.py --whole-process [--steps 30] [--long-steps 30] [--repeats 1] [--threads 1]
+    .venv/bin/python bench/train_throughput.py --whole-process [--steps 30] [--long-steps 3] [--repeats 1] [--threads 1]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -201,6 +202,8 @@ def fragua_report(work: Path) -> dict:
 
 def whole_process(options: argparse.Namespace) -> None:
     """Each side as its own process, start to exit, alternating; Fragua against a running server and a temporary one."""
+    # SIGTERM ends the benchmark through its clean-up: the Prefect server it started is stopped, its folder removed.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     with tempfile.TemporaryDirectory(prefix="fragua-bench-process-") as temporary:
         folder = Path(temporary)
         (folder / "home").mkdir()
@@ -287,7 +290,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--method", choices=["lora", "qlora"], default="lora", help="the same method on both sides")
     parser.add_argument("--whole-process", action="store_true", help="time `fragua train` and the plain script as whole processes")
-    parser.add_argument("--long-steps", type=int, default=30, help="--whole-process: optimiser steps of the long job (the ~21M model)")
+    parser.add_argument("--long-steps", type=int, default=3, help="--whole-process: optimiser steps of the long job (the ~21M model; ~30 s a step on one CPU thread)")
     options = parser.parse_args()
     if options.whole_process:
         whole_process(options)
