@@ -6,15 +6,26 @@ in the same process, alternating runs. The baseline is the usual recipe: random 
 padded to their longest example, ``sdpa`` attention. Throughput counts non-padding tokens
 per second of the training loop (the same callback measures both).
 
+``--whole-process`` measures what a user waits for instead: ``fragua train`` and the plain
+script (``bench/plain_trainer.py``) as separate processes, start to exit, on a short job
+(the tiny model) and a long one (a ~21M-parameter Llama), with each side's loop time next
+to it. Fragua runs against a Prefect server started for the benchmark (``fragua server
+start``), with its tokenisation cache cold and warm, and once with a temporary server.
+
     .venv/bin/python bench/train_throughput.py [--steps 20] [--repeats 2] [--examples 256] [--threads N] [--method lora|qlora]
+    .venv/bin/python bench/train_throughput.py --whole-process [--steps 30] [--long-steps 3] [--repeats 1] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -123,14 +134,167 @@ def run_baseline(base: Path, rows: list[dict], settings: TrainSettings, work: Pa
     return measured
 
 
+# The long job's model: a Llama of ~21M parameters (the tiny one has ~0.8M).
+LONG_SHAPE = TinyBaseSettings(vocab_size=4096, hidden_size=512, intermediate_size=1408, num_layers=6, num_heads=8)
+FRAGUA = Path(sys.executable).with_name("fragua")
+
+
+def run_timed(command: list[str], env: dict[str, str], log: Path) -> tuple[float, str]:
+    """Wall-clock seconds of one process from start to exit, and its output (kept in ``log``)."""
+    began = time.monotonic()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    seconds = time.monotonic() - began
+    log.write_text(done.stdout + done.stderr)
+    if done.returncode:
+        sys.exit(f"{' '.join(command[:3])}... failed ({done.returncode}); its output is in {log}")
+    return seconds, done.stdout
+
+
+def prepare_job(folder: Path, shape: TinyBaseSettings, examples: int, env: dict[str, str]) -> tuple[Path, str, Path, Path, int]:
+    """The base model, the chat data ingested by Fragua (its dataset id) and the same splits as files for the plain script."""
+    from fragua.data.store import load_records, open_dataset_store
+    from fragua.settings import Settings
+
+    base = build_tiny_base(folder / "base", shape)
+    tokenizer = load_tokenizer(str(base))
+    source = folder / "chat.jsonl"
+    with source.open("w", encoding="utf-8") as handle:
+        for record in chat_records(tokenizer, examples, seed=0):
+            handle.write(json.dumps({"messages": [m.model_dump(include={"role", "content"}) for m in record.messages]}) + "\n")
+    work = folder / "work"
+    # Untimed; its flow also creates (migrates) the Prefect database the timed runs use.
+    run_timed([str(FRAGUA), "--work-dir", str(work), "ingest", "--source", str(source)], env, folder / "ingest.log")
+    dataset = open_dataset_store(Settings(work_dir=work)).find(None)
+    files = []
+    for split in ("train", "validation"):
+        path = folder / f"{split}.jsonl"
+        path.write_text("".join(json.dumps({"messages": [m.model_dump(include={"role", "content"}) for m in r.messages]}) + "\n"
+                                for r in load_records(dataset, split)), encoding="utf-8")
+        files.append(path)
+    from transformers import AutoModelForCausalLM
+
+    parameters = AutoModelForCausalLM.from_pretrained(base).num_parameters()
+    return base, dataset.id, files[0], files[1], parameters
+
+
+def baseline_command(base: Path, train_file: Path, validation_file: Path, output: Path, steps: int) -> list[str]:
+    settings = settings_for(steps, "lora")
+    lora = settings.lora
+    return [sys.executable, str(Path(__file__).with_name("plain_trainer.py")), str(base), str(train_file), str(validation_file), str(output),
+            "--steps", str(steps), "--batch-size", str(settings.batch_size), "--max-length", str(settings.max_seq_length),
+            "--learning-rate", str(settings.learning_rate), "--scheduler", settings.lr_scheduler, "--warmup", str(settings.warmup_ratio),
+            "--r", str(lora.r), "--alpha", str(lora.alpha), "--dropout", str(lora.dropout), "--seed", str(settings.seed)]
+
+
+def fragua_command(work: Path, base: Path, dataset_id: str, steps: int) -> list[str]:
+    """`fragua train` with the plain script's steps, batch size and sequence length; Fragua's defaults otherwise (checkpoints, W&B offline)."""
+    settings = settings_for(steps, "lora")
+    overrides = {"train.base_model": str(base), "train.max_steps": steps, "train.batch_size": settings.batch_size,
+                 "train.max_seq_length": settings.max_seq_length, "train.seed": settings.seed}
+    return [str(FRAGUA), "--work-dir", str(work), *[arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")],
+            "train", "--dataset", dataset_id]
+
+
+def fragua_report(work: Path) -> dict:
+    (report,) = (work / "runs").glob("*/train_report.json")
+    return json.loads(report.read_text())
+
+
+def whole_process(options: argparse.Namespace) -> None:
+    """Each side as its own process, start to exit, alternating; Fragua against a running server and a temporary one."""
+    # SIGTERM ends the benchmark through its clean-up: the Prefect server it started is stopped, its folder removed.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    with tempfile.TemporaryDirectory(prefix="fragua-bench-process-") as temporary:
+        folder = Path(temporary)
+        (folder / "home").mkdir()
+        # The benchmark's own Prefect home and server; nothing of the caller's Prefect set-up applies.
+        env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_", "FRAGUA_", "WANDB_"))}
+        env.update(HOME=str(folder / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false", TOKENIZERS_PARALLELISM="false")
+        if options.threads:
+            env["OMP_NUM_THREADS"] = str(options.threads)
+        print(f"device: {'cuda' if torch.cuda.is_available() else 'cpu'} ({os.cpu_count()} cores), torch threads per process: "
+              f"{options.threads or 'torch default'}; load average before: {os.getloadavg()[0]:.2f}", flush=True)
+        jobs = [("short", TinyBaseSettings(), options.steps), ("long", LONG_SHAPE, options.long_steps)]
+        prepared = {name: prepare_job(folder / name, shape, options.examples, env) for name, shape, _ in jobs}
+        started = subprocess.run([str(FRAGUA), "server", "start", "--port", "0", "--no-ui"], env=env, capture_output=True, text=True, check=False)
+        if started.returncode:
+            sys.exit(f"fragua server start failed:\n{started.stdout}{started.stderr}")
+        try:
+            results = measure_jobs(folder, env, jobs, prepared, options.repeats)
+        finally:
+            subprocess.run([str(FRAGUA), "server", "stop"], env=env, capture_output=True, check=False)
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+        print_whole_process(jobs, prepared, results)
+
+
+def measure_jobs(folder: Path, env: dict[str, str], jobs: list, prepared: dict, repeats: int) -> dict[tuple[str, str], list[dict]]:
+    """Per job, ``repeats`` rounds of: the plain script, fragua (server, cold cache), fragua (server, warm cache),
+    and for the short job fragua with a temporary Prefect server."""
+    temporary_env = {**env, "HOME": str(folder / "home-without-server"), "PREFECT_HOME": str(folder / "home" / ".prefect")}
+    (folder / "home-without-server").mkdir()
+    results: dict[tuple[str, str], list[dict]] = {}
+    for name, _, steps in jobs:
+        base, dataset_id, train_file, validation_file, _ = prepared[name]
+        work = folder / name / "work"
+        for repeat in range(repeats):
+            output = folder / name / f"baseline-{repeat}"
+            seconds, stdout = run_timed(baseline_command(base, train_file, validation_file, output, steps), env, folder / name / f"baseline-{repeat}.log")
+            line = json.loads(next(text for text in stdout.splitlines() if text.startswith("BASELINE "))[len("BASELINE "):])
+            results.setdefault((name, "plain Trainer + peft script"), []).append({"seconds": seconds, "loop": line["loop_seconds"],
+                                                                                 "tokens_per_second": line["tokens_per_second"]})
+            shutil.rmtree(output, ignore_errors=True)
+            variants = [("fragua train (server running, cold cache)", env, True), ("fragua train (server running, warm cache)", env, False)]
+            if name == "short":
+                variants.append(("fragua train (temporary Prefect server, warm cache)", temporary_env, False))
+            for number, (label, variant_env, cold) in enumerate(variants):
+                shutil.rmtree(work / "runs", ignore_errors=True)
+                if cold:
+                    shutil.rmtree(work / "cache" / "training", ignore_errors=True)
+                seconds, _ = run_timed(fragua_command(work, base, dataset_id, steps), variant_env, folder / name / f"fragua-{repeat}-{number}.log")
+                report = fragua_report(work)
+                results.setdefault((name, label), []).append({"seconds": seconds, "loop": report["phase_seconds"]["training"],
+                                                              "tokens_per_second": report["tokens_per_second"], "phases": report["phase_seconds"]})
+            print(f"{name} job, round {repeat + 1}: " + ", ".join(f"{label} {runs[-1]['seconds']:.1f} s"
+                                                                  for (job, label), runs in results.items() if job == name), flush=True)
+    return results
+
+
+def print_whole_process(jobs: list, prepared: dict, results: dict[tuple[str, str], list[dict]]) -> None:
+    for name, _, steps in jobs:
+        _, _, train_file, _, parameters = prepared[name]
+        baseline = statistics.median(r["seconds"] for r in results[(name, "plain Trainer + peft script")])
+        baseline_rate = statistics.median(r["tokens_per_second"] for r in results[(name, "plain Trainer + peft script")])
+        print(f"\n{name} job: {parameters / 1e6:.1f}M-parameter Llama, {steps} steps "
+              f"({sum(1 for _ in train_file.open())} train conversations); medians of {len(results[(name, 'plain Trainer + peft script')])}")
+        print(f"  {'':55} {'whole process':>13} {'vs script':>10} {'loop':>8} {'tokens/s':>9} {'loop speed-up':>13}")
+        for (job, label), runs in results.items():
+            if job != name:
+                continue
+            seconds = statistics.median(r["seconds"] for r in runs)
+            rate = statistics.median(r["tokens_per_second"] for r in runs)
+            print(f"  {label:55} {seconds:>11.1f} s {seconds / baseline:>9.2f}x {statistics.median(r['loop'] for r in runs):>6.1f} s "
+                  f"{rate:>9,.0f} {rate / baseline_rate:>12.2f}x")
+            if "phases" in runs[-1]:
+                print("  " + " " * 4 + "phases (last run): " + ", ".join(f"{k} {v:.1f} s" for k, v in runs[-1]["phases"].items()))
+        for label in ("fragua train (server running, cold cache)", "fragua train (server running, warm cache)"):
+            fragua = statistics.median(r["seconds"] for r in results[(name, label)])
+            print(f"  end to end, {label.removeprefix('fragua train ')}: script {baseline:.1f} s / fragua {fragua:.1f} s = "
+                  f"{baseline / fragua:.2f}x (above 1: Fragua faster); fragua takes {fragua / baseline:.2f}x the script's time")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20, help="optimiser steps per run")
+    parser.add_argument("--steps", type=int, default=20, help="optimiser steps per run (--whole-process: of the short job)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each, alternating")
     parser.add_argument("--examples", type=int, default=256)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--method", choices=["lora", "qlora"], default="lora", help="the same method on both sides")
+    parser.add_argument("--whole-process", action="store_true", help="time `fragua train` and the plain script as whole processes")
+    parser.add_argument("--long-steps", type=int, default=3, help="--whole-process: optimiser steps of the long job (the ~21M model; ~30 s a step on one CPU thread)")
     options = parser.parse_args()
+    if options.whole_process:
+        whole_process(options)
+        return
     if options.threads:
         torch.set_num_threads(options.threads)
     from fragua.models.loading import quiet_transformers

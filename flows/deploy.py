@@ -10,8 +10,9 @@ from prefect.transactions import transaction
 
 from pydantic import Field
 
-from fragua.jobs.registry import DeployOutcome, RollbackOutcome, version_file
+from fragua.jobs.registry import DeployOutcome, RollbackOutcome
 from fragua.jobs.validate import ValidationOutcome
+from fragua.registry import version_file
 from fragua.registry.versions import PRODUCTION, AliasState
 from fragua.reports.canary import started_verdict
 from fragua.reports.outcome import PROMOTED, CandidateOutcome, Verdict, candidate_verdict, promote_hint

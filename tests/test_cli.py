@@ -95,7 +95,7 @@ def test_without_a_prefect_server_the_temporary_one_gets_time_to_start_and_a_fai
     code, output = fragua_process("--work-dir", work, "rollback", env=env | {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "0"})
     assert code == 1, output
     assert "error: the temporary Prefect server did not start within 0 s" in output
-    assert "prefect server start" in output and "PREFECT_API_URL" in output
+    assert "fragua server start" in output and "PREFECT_API_URL" in output
     assert "Traceback" not in output
 
 

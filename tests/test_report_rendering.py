@@ -89,6 +89,12 @@ def test_training_summary_has_no_repeated_row_and_no_long_floats():
     assert [row["step"] for row in evaluation_rows(history)] == [4, 8, "8 (final model)"]
 
 
+def test_training_summary_says_where_the_time_went():
+    phases = {"load data": 0.05, "tracking": 2.1, "setup": 8.46, "training": 63.7, "evaluation": 6.4, "save": 0.2}
+    assert "- time: load data 0.1 s, tracking 2.1 s, setup 8.5 s, training 1.1 min, evaluation 6.4 s, save 0.2 s" in training_summary(_report(phase_seconds=phases))
+    assert "- time:" not in training_summary(_report())  # a report written before runs were timed
+
+
 def test_hpo_trials_show_rounded_losses_and_durations():
     trials = [TrialResult(trial=Trial(number=1, learning_rate=2e-05, r=16, alpha=32, epochs=2.0), status="finished", run_id="a",
                           eval_loss=3.141592653589793, train_loss=3.3, global_step=1200, seconds=754.2),

@@ -53,6 +53,37 @@ def test_lora_weights_change_and_the_adapter_carries_the_chat_template(tiny_base
     assert report.base_parameters > 100_000 and report.trained_tokens > 0 and report.eval_loss is not None
 
 
+def test_the_validation_split_is_evaluated_once_at_the_end_and_the_phases_are_timed(tiny_base, records, tmp_path):
+    # 64 examples in batches of 8: one epoch is 8 steps; max_steps ends the loop in the second epoch,
+    # where the epoch-end evaluation runs; its loss is the final one, not evaluated again.
+    report, _ = run(tiny_base, records, tmp_path / "run", max_steps=12, save_steps=100)
+    evaluations = [entry for entry in report.log_history if "eval_loss" in entry]
+    assert [entry["step"] for entry in evaluations] == [8, 12]
+    assert report.eval_loss == evaluations[-1]["eval_loss"]
+    assert list(report.phase_seconds) == ["setup", "training", "evaluation", "save"]
+    assert all(seconds >= 0 for seconds in report.phase_seconds.values())
+    assert report.phase_seconds["evaluation"] == pytest.approx(sum(entry["eval_runtime"] for entry in evaluations), abs=0.05)
+
+
+
+def test_the_final_loss_is_evaluated_only_when_the_loop_did_not_end_on_an_evaluation():
+    from types import SimpleNamespace
+
+    from fragua.train.trainer import final_eval_loss
+
+    evaluated = []
+
+    def trainer(history, global_step, best=None):
+        state = SimpleNamespace(log_history=history, global_step=global_step, best_model_checkpoint=best and "checkpoint-4", best_metric=best)
+        return SimpleNamespace(state=state, args=SimpleNamespace(load_best_model_at_end=best is not None),
+                               evaluate=lambda: evaluated.append(global_step) or {"eval_loss": 9.0})
+
+    history = [{"loss": 3.0, "step": 4}, {"eval_loss": 2.5, "step": 4}, {"eval_loss": 2.0, "step": 8}]
+    assert final_eval_loss(trainer(history, 8)) == 2.0 and evaluated == []
+    assert final_eval_loss(trainer(history, 8, best=2.5)) == 2.5 and evaluated == []  # the best checkpoint was loaded
+    assert final_eval_loss(trainer(history, 10)) == 9.0 and evaluated == [10]  # steps after the last evaluation
+
+
 def test_resume_skips_a_checkpoint_without_completion_marker(tiny_base, records, tmp_path):
     run_dir = tmp_path / "run"
     complete, _ = run(tiny_base, records, run_dir)
@@ -169,10 +200,9 @@ def test_early_stopping_keeps_the_best_checkpoint(tiny_base, records, tmp_path):
     evals = [e["eval_loss"] for e in report.log_history if "eval_loss" in e]
     assert report.stopped_early and report.global_step < report.max_steps == 40
     assert report.best_checkpoint and Path(report.best_checkpoint).parent == tmp_path / "run" / "checkpoints"
-    during, final = evals[:-1], evals[-1]
-    best = min(during)
-    assert during.index(best) == len(during) - 3  # two evaluations without improvement, then stop
-    assert report.eval_loss == final == pytest.approx(best, rel=1e-5)  # the best weights were loaded at the end
+    best = min(evals)
+    assert evals.index(best) == len(evals) - 3  # two evaluations without improvement, then stop; none repeated after training
+    assert report.eval_loss == best  # the best weights were loaded at the end: their loss, not evaluated again
 
 
 def test_the_same_seed_gives_the_same_loss_curve(tiny_base, records, tmp_path):

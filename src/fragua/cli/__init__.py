@@ -2,7 +2,7 @@
 
 This module holds the app, its global options and the list of commands; each command group
 lives in its own module (``data``, ``train``, ``validate``, ``registry``, ``pipeline``, ``chat``,
-``intake``, ``requests``, ``serve``, ``blocks``), with what they share in ``common`` and how they print in ``render``.
+``intake``, ``requests``, ``serve``, ``server``, ``blocks``), with what they share in ``common`` and how they print in ``render``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Optional
 
 import typer
 
-from fragua.cli import blocks, chat, data, intake, pipeline, registry, requests, serve, train, validate
+from fragua.cli import blocks, chat, data, intake, pipeline, registry, requests, serve, server, train, validate
 
 app = typer.Typer(help="Fragua: question/answer data in, validated and versioned LLM fine-tunes out.", no_args_is_help=True, pretty_exceptions_enable=False)
 
@@ -69,6 +69,7 @@ app.add_typer(data.datasets_app, name="datasets")
 app.add_typer(registry.registry_app, name="registry")
 app.add_typer(requests.requests_app, name="requests")
 app.add_typer(blocks.blocks_app, name="blocks")
+app.add_typer(server.server_app, name="server")
 
 
 def entrypoint() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -70,6 +71,10 @@ class _HideUserErrorTracebacks(logging.Filter):
 
 
 def _install_console_filter() -> None:
+    # Only a command that has imported Prefect has its console handler (and runs flows that log
+    # failures); importing it here would cost every other command a second.
+    if "prefect.logging.handlers" not in sys.modules:
+        return
     from prefect.logging.handlers import PrefectConsoleHandler
 
     for handler in logging.getLogger().handlers:
@@ -88,15 +93,15 @@ def run_step(action: Callable[[], Any]) -> Any:
 
 
 def run_flow(action: Callable[[], Any]) -> Any:
-    """run_step for what talks to the Prefect API (flows, blocks): without PREFECT_API_URL that
-    starts a temporary server, which gets time to come up on a loaded machine."""
-    from fragua.integrations.prefect_server import temporary_server_patience
+    """run_step for what talks to the Prefect API (flows, blocks): PREFECT_API_URL, else the server
+    `fragua server start` left running, else a temporary server, which gets time to come up on a loaded machine."""
+    from fragua.integrations.prefect_server import command_prefect_api
 
-    def patiently() -> Any:
-        with temporary_server_patience():
+    def against_the_api() -> Any:
+        with command_prefect_api():
             return action()
 
-    return run_step(patiently)
+    return run_step(against_the_api)
 
 
 def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:

@@ -132,12 +132,12 @@ def status(ctx: typer.Context) -> None:
 
 
 def _forced_autotrain_patiently(settings: Settings) -> Any:
-    """The forced training of `serve-api`: without PREFECT_API_URL its flow starts a temporary
-    Prefect server, which gets time to come up on a loaded machine."""
+    """The forced training of `serve-api`: without PREFECT_API_URL or a `fragua server start` server its
+    flow starts a temporary Prefect server, which gets time to come up on a loaded machine."""
     from fragua.flows.autotrain import forced_autotrain
-    from fragua.integrations.prefect_server import temporary_server_patience
+    from fragua.integrations.prefect_server import command_prefect_api
 
-    with temporary_server_patience():
+    with command_prefect_api():
         return forced_autotrain(settings)
 
 

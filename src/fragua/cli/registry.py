@@ -83,8 +83,7 @@ def rollback(ctx: typer.Context, to: Optional[str] = typer.Option(None, "--to", 
 
 def versions(ctx: typer.Context) -> None:
     """List published versions, their metrics, aliases and report paths."""
-    from fragua.jobs.registry import version_file
-    from fragua.registry import open_registry
+    from fragua.registry import open_registry, version_file
 
     settings = load_settings(ctx)
     registry = open_registry(settings)

@@ -9,6 +9,7 @@ import typer
 
 from fragua.cli.common import SOURCE_OPTION, console, load_settings, raise_user, run_flow, run_step
 from fragua.cli.render import kv_table, training_progress_bar, trials_table
+from fragua.reports.training import phase_times
 
 
 def init_base(ctx: typer.Context, force: bool = typer.Option(False, "--force", help="Rebuild even if it exists.")) -> None:
@@ -45,6 +46,7 @@ def train(
             [("steps", f"{report.global_step} of {report.max_steps}" + (" (stopped early)" if report.stopped_early else "")),
              ("train loss", report.train_loss), ("validation loss", report.eval_loss),
              ("tokens/s", report.tokens_per_second or "-"), ("batching", report.batching),
+             ("time", phase_times(report.phase_seconds) or "-"),
              ("resumed from", report.resumed_from or "-"), ("continued version", report.parent_version or "-"),
              ("model", report.adapter_dir), ("tracking", report.tracking_run or "disabled")],
         )

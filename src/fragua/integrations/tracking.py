@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,16 +15,43 @@ from fragua.settings import TrackingSettings
 
 @dataclass
 class TrackingRun:
-    """What a job needs from tracking: metrics, a summary, files, and where the run lives."""
+    """What a job needs from tracking: metrics, a summary, files, and where the run lives.
+
+    ``pending`` is the W&B run being set up (None: tracking disabled); whatever needs the run
+    waits for it, and ``seconds`` counts that waiting and the run's finish (what tracking cost
+    the job beyond the work it overlapped).
+    """
 
     mode: str
-    run: Any = None
-    reference: str | None = None  # run id and local path (offline) or URL (online)
+    pending: Future | None = None
+    seconds: float = 0.0
+
+    @property
+    def run(self) -> Any:
+        if self.pending is None:
+            return None
+        if not self.pending.done():
+            began = time.monotonic()
+            wait([self.pending])
+            self.seconds += time.monotonic() - began
+        return self.pending.result()
+
+    def ready(self) -> None:
+        """Wait until the run is set up (its set-up error, if any, is raised here)."""
+        self.run  # noqa: B018  (the property waits)
+
+    @property
+    def reference(self) -> str | None:
+        """The run's id and local path (offline) or URL (online)."""
+        run = self.run
+        if run is None:
+            return None
+        return run.url if self.mode == "online" else f"{run.id} ({run.settings.sync_dir})"
 
     @property
     def report_to(self) -> list[str]:
-        """Value for TrainingArguments.report_to: the Trainer logs into this run."""
-        return ["wandb"] if self.run is not None else []
+        """Value for TrainingArguments.report_to: the Trainer logs into this run (once ready() returned)."""
+        return ["wandb"] if self.pending is not None else []
 
     def log(self, metrics: dict[str, Any]) -> None:
         if self.run is not None:
@@ -59,36 +88,49 @@ def resolve_api_key(settings: TrackingSettings) -> str | None:
 
 @contextmanager
 def tracking_run(
-    settings: TrackingSettings, work_dir: Path, *, name: str, job_type: str, config: dict[str, Any]
+    settings: TrackingSettings, work_dir: Path, *, name: str, job_type: str, config: dict[str, Any], background: bool = False
 ) -> Iterator[TrackingRun]:
-    """A W&B run for one job; ``config`` must already be redacted (Settings.redacted())."""
+    """A W&B run for one job; ``config`` must already be redacted (Settings.redacted()).
+
+    ``background`` sets the run up (importing wandb, starting its service process) in a thread
+    while the job does its own set-up; call ``ready()`` before anything logs into the run
+    through wandb itself (the Trainer's W&B callback does).
+    """
     if settings.mode == "disabled":
         yield TrackingRun(mode="disabled")
         return
-    import wandb
-
     root = work_dir / "wandb"
     # wandb also writes caches under HOME unless told otherwise; keep everything in work_dir.
     for variable, folder in (("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"), ("WANDB_CONFIG_DIR", "config")):
         os.environ.setdefault(variable, str(root / folder))
     root.mkdir(parents=True, exist_ok=True)
-    api_key = resolve_api_key(settings)
-    run = wandb.init(
-        mode=settings.mode,
-        project=settings.project,
-        entity=settings.entity,
-        name=name,
-        job_type=job_type,
-        dir=str(root),
-        config=config,
-        reinit="finish_previous",
-        settings=wandb.Settings(silent=True, console="off", api_key=api_key),
-    )
-    reference = run.url if settings.mode == "online" else f"{run.id} ({run.settings.sync_dir})"
-    try:
-        yield TrackingRun(mode=settings.mode, run=run, reference=reference)
-    except BaseException:
-        run.finish(exit_code=1)
-        raise
-    else:
-        run.finish()
+    api_key = resolve_api_key(settings)  # here: a Prefect Secret block is read with this thread's Prefect settings
+
+    def start() -> Any:
+        import wandb
+
+        return wandb.init(
+            mode=settings.mode,
+            project=settings.project,
+            entity=settings.entity,
+            name=name,
+            job_type=job_type,
+            dir=str(root),
+            config=config,
+            reinit="finish_previous",
+            settings=wandb.Settings(silent=True, console="off", api_key=api_key),
+        )
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fragua-tracking") as starter:
+        tracker = TrackingRun(mode=settings.mode, pending=starter.submit(start))
+        if not background:
+            tracker.ready()
+        try:
+            yield tracker
+        except BaseException:
+            if tracker.pending.exception() is None:
+                tracker.run.finish(exit_code=1)
+            raise
+    finishing = time.monotonic()
+    tracker.run.finish()
+    tracker.seconds += time.monotonic() - finishing

@@ -144,12 +144,6 @@ def _remove_mirrored_checkpoints(settings: Settings, run_id: str) -> None:
         logger.info("removed %d mirrored checkpoint objects of run %s from %s", removed, run_id, mirror.describe())
 
 
-def version_file(settings: Settings, version: str, relative: str) -> str:
-    """Where a file of a published version lives, for people to open."""
-    registry = open_registry(settings)
-    return f"{registry.store.describe()}/{registry.version_prefix(version)}/{relative}"
-
-
 def verify_version(settings: Settings, version: str) -> str:
     """Download with checksum verification, load, and generate an answer: the smoke check."""
     from fragua.data.records import Message

@@ -24,10 +24,11 @@ from fragua.registry.versions import Registry
 from fragua.settings import Settings
 from fragua.storage import open_store
 from fragua.train.checkpoint_mirror import CheckpointMirror, MirrorWatch
+from fragua.train.cache import TrainingCache
 from fragua.train.data import StreamedSplit
 from fragua.train.hpo import HpoPlan, HpoResult, Trial, TrialResult, best_trial, sample_trials, trial_rows, trial_settings
 from fragua.train.incremental import select_incremental
-from fragua.train.report import TrainReport
+from fragua.train.report import PhaseClock, TrainReport
 from fragua.train.runs import RunFolder, RunRecord
 from fragua.train.trainer import train
 
@@ -110,19 +111,21 @@ def train_model(
     streaming = settings.train.stream_data and not settings.train.incremental
     if settings.train.stream_data and not streaming:
         logger.info("train.stream_data: incremental training selects among all train rows, so the split is read whole")
-    store = open_dataset_store(settings)
-    dataset = store.find(dataset_id, fetch=not streaming)
-    base = ensure_base_model(settings)
-    start_info = None
-    if streaming:
-        train_records: list[Record] | StreamedSplit = streamed_split(settings, dataset, "train")
-        eval_records = list(stream_records(settings.registry, dataset.id, "validation", settings.data.domains))
-    else:
-        train_records = dataset_split(settings, dataset, "train")
-        eval_records = dataset_split(settings, dataset, "validation")
-        start = incremental_start(settings, base, train_records, open_registry(settings), store) if settings.train.incremental else None
-        if start:
-            start_info, train_records = start
+    clock = PhaseClock()
+    with clock.phase("load data"):
+        store = open_dataset_store(settings)
+        dataset = store.find(dataset_id, fetch=not streaming)
+        base = ensure_base_model(settings)
+        start_info = None
+        if streaming:
+            train_records: list[Record] | StreamedSplit = streamed_split(settings, dataset, "train")
+            eval_records = list(stream_records(settings.registry, dataset.id, "validation", settings.data.domains))
+        else:
+            train_records = dataset_split(settings, dataset, "train")
+            eval_records = dataset_split(settings, dataset, "validation")
+            start = incremental_start(settings, base, train_records, open_registry(settings), store) if settings.train.incremental else None
+            if start:
+                start_info, train_records = start
     run_id = training_run_id(settings, dataset.id, start_info.version if start_info else None)
     run = RunFolder.of(settings.runs_path, run_id)
     if run.finished():
@@ -136,7 +139,9 @@ def train_model(
         init_adapter = Path(start_info.weights)
     elif start_info:
         load_from = start_info.weights  # a full fine-tune continues from its own weights
-    with tracking_run(settings.tracking, settings.work_path, name=run_id, job_type=job_type, config=settings.redacted()) as tracker, \
+    cache = training_cache(settings, dataset.id, train_selected=start_info is not None or streaming)
+    # W&B sets its run up while the model and data are prepared; train() waits for it before the first step.
+    with tracking_run(settings.tracking, settings.work_path, name=run_id, job_type=job_type, config=settings.redacted(), background=True) as tracker, \
             mirrored_checkpoints(settings, run_id, run.checkpoints_dir):
         common = dict(
             base_model=load_from, settings=train_settings, train_records=train_records,
@@ -155,7 +160,7 @@ def train_model(
 
             report = train_distributed(**common, progress=forward)
         else:
-            report = train(**common, report_to=tracker.report_to, progress=progress)
+            report = train(**common, report_to=tracker.report_to, tracking_ready=tracker.ready, progress=progress, cache=cache)
         report.base_model = base
         if start_info:
             report.parent_version = start_info.version
@@ -163,8 +168,20 @@ def train_model(
             tracker.summarize({"parent_version": start_info.version, **start_info.summary})
         tracker.summarize({"tokens_per_second": report.tokens_per_second, "batching": report.batching})
         report.tracking_run = tracker.reference
+    clock.add("tracking", tracker.seconds)
+    report.phase_seconds = {**clock.seconds, **report.phase_seconds}
     run.write_report(report)
     return report
+
+
+def training_cache(settings: Settings, dataset_id: str, *, train_selected: bool) -> TrainingCache:
+    """The work directory's training cache; a split is cached under its dataset version, name and domain filter,
+    except a train split that is an incremental selection or streamed (its rows have no stable identity)."""
+    domains = sorted(settings.data.domains or [])
+    split_ids = {split: f"{dataset_id}/{split}/{','.join(domains)}" for split in ("train", "validation")}
+    if train_selected:
+        del split_ids["train"]
+    return TrainingCache(settings.work_path / "cache" / "training", split_ids)
 
 
 def plan_hpo(settings: Settings, dataset_id: str) -> HpoPlan:

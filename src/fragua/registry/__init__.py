@@ -15,3 +15,9 @@ def open_registry(settings: Settings) -> Registry:
     return Registry(
         open_store(settings), settings.registry.model_name, progress=transfer_progress, cache_root=cache / "models", verification_cache=cache / "verified"
     )
+
+
+def version_file(settings: Settings, version: str, relative: str) -> str:
+    """Where a file of a published version lives, for people to open."""
+    registry = open_registry(settings)
+    return f"{registry.store.describe()}/{registry.version_prefix(version)}/{relative}"

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fragua.models.templates import IGNORE_INDEX
+from fragua.train.cache import TrainingCache
 
 VARLEN_SDPA = "fragua_varlen_sdpa"
 
@@ -144,12 +145,15 @@ class BatchingPlan:
         return "all" if self.mode == "padding_free" else "non_padding"
 
 
-def plan_batching(model: Any, requested: str, configured_attention: str, probe_rows: list[list[int]]) -> BatchingPlan:
-    """Padding-free where the loaded model provably keeps packed examples apart, else length-grouped."""
+def plan_batching(model: Any, requested: str, configured_attention: str, probe_rows: list[list[int]], cache: TrainingCache | None = None) -> BatchingPlan:
+    """Padding-free where the loaded model provably keeps packed examples apart, else length-grouped.
+
+    ``cache`` remembers the check's verdict for this architecture, kernels and library versions.
+    """
     if requested != "padding_free":
         return BatchingPlan(requested, configured_attention, f"{requested} batches ({configured_attention} attention), as configured")
     candidate = packed_attention(configured_attention)
-    if packing_is_exact(model, probe_rows, reference=configured_attention, candidate=candidate):
+    if _packing_verdict(model, probe_rows, configured_attention, candidate, cache):
         how = {
             VARLEN_SDPA: "per-example causal SDPA",
             "flash_attention_2": "flash-attention varlen kernels",
@@ -166,6 +170,23 @@ def plan_batching(model: Any, requested: str, configured_attention: str, probe_r
         f"length-grouped batches: this model's {configured_attention} attention does not keep packed examples apart "
         "(checked before training), so padding-free batching is off",
     )
+
+
+def _packing_verdict(model: Any, probe_rows: list[list[int]], reference: str, candidate: str, cache: TrainingCache | None) -> bool:
+    """packing_is_exact, or the verdict an earlier run reached for the same question."""
+    if cache is None:
+        return packing_is_exact(model, probe_rows, reference=reference, candidate=candidate)
+    from fragua.train.cache import packing_key
+
+    key = packing_key(model, reference, candidate)
+    known = cache.packing_verdict(key)
+    if known is not None:
+        return known
+    exact = packing_is_exact(model, probe_rows, reference=reference, candidate=candidate)
+    # Too few rows to pack proves nothing about the model: not remembered.
+    if len([row for row in probe_rows if len(row) >= 2]) >= 2:
+        cache.store_packing_verdict(key, exact)
+    return exact
 
 
 def packing_is_exact(model: Any, rows: list[list[int]], *, reference: str, candidate: str) -> bool:

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from fragua.data.records import Record
+from fragua.models import templates
 from fragua.models.templates import IGNORE_INDEX, encode_conversation
 from fragua.settings import TrainSettings
+from fragua.train.cache import CachedSplit, TrainingCache, source_digest
 
 logger = logging.getLogger("fragua.train")
 
@@ -103,33 +105,47 @@ class TrainingData:
     streamed_from: str | None
 
 
-def setup_data(tokenizer: Any, train_records: list[Record] | StreamedSplit, eval_records: list[Record], settings: TrainSettings) -> TrainingData:
-    """Encode the eval split and the train split (read whole, or streamed and counted in one pass); refuse a split with nothing to train on."""
-    from datasets import Dataset
+def setup_data(
+    tokenizer: Any, train_records: list[Record] | StreamedSplit, eval_records: list[Record], settings: TrainSettings, *,
+    cache: TrainingCache | None = None,
+) -> TrainingData:
+    """Encode the eval split and the train split (read whole, or streamed and counted in one pass); refuse a split with nothing to train on.
 
-    eval_split = encode_records(tokenizer, eval_records, settings.max_seq_length)
+    ``cache`` gives back a split tokenised by an earlier run (same rows, tokenizer and max_seq_length) and keeps new ones.
+    """
+    eval_split = _encoded_dataset(tokenizer, eval_records, settings, cache, "validation")
     if isinstance(train_records, StreamedSplit):
         train_dataset, tally, max_steps = _streamed_train(tokenizer, train_records, settings)
     else:
-        train_dataset, tally, max_steps = _in_memory_train(tokenizer, train_records, settings)
+        train_split = _encoded_dataset(tokenizer, train_records, settings, cache, "train")
+        tally = StreamTally(len(train_split.dataset), train_split.truncated, train_split.dropped, train_split.trained_tokens, train_split.probe_rows)
+        train_dataset, max_steps = train_split.dataset, None
     if not tally.examples:
         raise ValueError(f"no trainable examples: all {tally.dropped} lost their answer to train.max_seq_length={settings.max_seq_length}")
     return TrainingData(
         train=train_dataset,
-        eval=Dataset.from_list(eval_split.rows) if eval_split.rows else None,
+        eval=eval_split.dataset if len(eval_split.dataset) else None,
         tally=tally,
         max_steps=max_steps,
         streamed_from=train_records.description if isinstance(train_records, StreamedSplit) else None,
     )
 
 
-def _in_memory_train(tokenizer: Any, records: list[Record], settings: TrainSettings) -> tuple[Any, StreamTally, None]:
-    """The whole split encoded into a ``datasets.Dataset``, its counts and first rows (the batching probe) as a tally."""
+def _encoded_dataset(tokenizer: Any, records: list[Record], settings: TrainSettings, cache: TrainingCache | None, split: str) -> CachedSplit:
+    """A split encoded into a ``datasets.Dataset`` with its counts and first rows (the batching probe): from the cache, or encoded now (and cached)."""
     from datasets import Dataset
 
-    split = encode_records(tokenizer, records, settings.max_seq_length)
-    tally = StreamTally(len(split.rows), split.truncated, split.dropped, split.trained_tokens, [row["input_ids"][:16] for row in split.rows[:3]])
-    return Dataset.from_list(split.rows), tally, None
+    key = cache.split_key(split, tokenizer, settings.max_seq_length, source_digest(templates.__file__, __file__)) if cache else None
+    cached = cache.load_split(key) if cache and key else None
+    if cached is not None:
+        logger.info("%s split: %d tokenised rows from the cache", split, len(cached.dataset))
+        return cached
+    encoded = encode_records(tokenizer, records, settings.max_seq_length)
+    result = CachedSplit(Dataset.from_list(encoded.rows), encoded.truncated, encoded.dropped, encoded.trained_tokens,
+                         [row["input_ids"][:16] for row in encoded.rows[:3]])
+    if cache and key:
+        cache.store_split(key, result)
+    return result
 
 
 def _streamed_train(tokenizer: Any, split: StreamedSplit, settings: TrainSettings) -> tuple[Any, StreamTally, int]:

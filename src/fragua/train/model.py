@@ -8,6 +8,7 @@ from typing import Any
 
 from fragua.settings import TrainSettings
 from fragua.train.batching import BatchingPlan, packed_attention, plan_batching, register_attention
+from fragua.train.cache import TrainingCache
 
 
 def setup_tokenizer(base_model: str, settings: TrainSettings, init_adapter: Path | None) -> Any:
@@ -28,9 +29,10 @@ class BuiltModel:
 
 
 def build_model(
-    base_model: str, settings: TrainSettings, tokenizer: Any, probe_rows: list[list[int]], *, init_adapter: Path | None = None
+    base_model: str, settings: TrainSettings, tokenizer: Any, probe_rows: list[list[int]], *, init_adapter: Path | None = None,
+    cache: TrainingCache | None = None,
 ) -> BuiltModel:
-    """The model to train, how its batches are formed, and the base model's parameter count."""
+    """The model to train, how its batches are formed (``cache`` may know the packing check's verdict), and the base model's parameter count."""
     from fragua.models.loading import load_causal_lm
 
     register_attention()
@@ -45,7 +47,7 @@ def build_model(
     if new_token_ids:
         model.resize_token_embeddings(len(tokenizer))
     parameters = model.num_parameters()
-    plan = plan_batching(model, settings.batching, settings.attn_implementation, probe_rows)
+    plan = plan_batching(model, settings.batching, settings.attn_implementation, probe_rows, cache)
     if plan.mode == "padding_free":
         model.set_attn_implementation(packed_attention(settings.attn_implementation))
     added = tokenizer.convert_ids_to_tokens(new_token_ids)

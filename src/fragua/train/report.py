@@ -2,9 +2,42 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+PHASES_DESCRIPTION = (
+    "Seconds per phase of the run, in order: 'load data' (reading the dataset version's splits), 'tracking' (W&B set-up and finish), "
+    "'setup' (tokenizer, tokenisation, model, packing check, Trainer), 'training' (the optimiser loop), 'evaluation' "
+    "(every validation pass, in the loop and after), 'save' (the adapter or model and tokenizer)."
+)
+
+
+class PhaseClock:
+    """Wall-clock seconds per named phase of a run, kept in the order the phases first ran."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        began = time.monotonic()
+        try:
+            yield
+        finally:
+            self.add(name, time.monotonic() - began)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + seconds, 2)
+
+    def move(self, source: str, target: str, seconds: float) -> None:
+        """Count ``seconds`` of ``source`` as ``target`` (time one phase spent doing another's work)."""
+        moved = min(seconds, self.seconds.get(source, 0.0))
+        self.add(source, -moved)
+        self.add(target, moved)
 
 
 class TrainReport(BaseModel):
@@ -25,6 +58,7 @@ class TrainReport(BaseModel):
     trained_tokens: int
     resumed_from: str | None
     seconds: float
+    phase_seconds: dict[str, float] = Field(default_factory=dict, description=PHASES_DESCRIPTION)
     log_history: list[dict[str, Any]]
     batching: str = Field("", description="How batches were formed and why (padding-free or the fallback).")
     tokens_per_second: float | None = Field(None, description="Training throughput in non-padding tokens per second (this session).")

@@ -18,11 +18,12 @@ from typing import Any, Callable
 from fragua.data.records import Record
 from fragua.settings import TrainSettings
 from fragua.train.batching import BatchingPlan
+from fragua.train.cache import TrainingCache
 from fragua.train.callbacks import RunCallbacks, Throughput, setup_callbacks
 from fragua.train.checkpoints import latest_complete_checkpoint, newest_sound_checkpoint
 from fragua.train.data import StreamedSplit, TrainingData, setup_data
 from fragua.train.model import BuiltModel, build_model, setup_tokenizer
-from fragua.train.report import TrainReport
+from fragua.train.report import PhaseClock, TrainReport
 from fragua.train.runs import RunFolder
 
 logger = logging.getLogger("fragua.train")
@@ -41,41 +42,83 @@ def train(
     init_adapter: Path | None = None,
     deadline: float | None = None,
     extra_callbacks: list[Any] | None = None,
+    cache: TrainingCache | None = None,
+    tracking_ready: Callable[[], None] | None = None,
 ) -> TrainReport:
     """Train (or resume) one run and save the adapter (or full model) with its tokenizer.
 
     ``init_adapter`` continues training a saved adapter (incremental training) instead of
     creating fresh adapters; ``deadline`` (a ``time.time()`` value) stops training early;
-    ``extra_callbacks`` are more TrainerCallbacks (the benchmark's meter).
+    ``extra_callbacks`` are more TrainerCallbacks (the benchmark's meter); ``cache`` keeps
+    tokenised splits and the packing check's verdict for the next run; ``tracking_ready`` waits
+    for the tracking run that ``report_to`` logs into (set up while this one set up).
     """
-    from transformers import set_seed
-
     from fragua.models.loading import require_quantization_backend
 
     if settings.method == "qlora":
         require_quantization_backend()
     started = time.monotonic()
+    clock = PhaseClock()
     run_dir.mkdir(parents=True, exist_ok=True)
     folder = RunFolder(path=run_dir)
     checkpoints_dir = folder.checkpoints_dir
-    set_seed(settings.seed)
-    tokenizer = setup_tokenizer(base_model, settings, init_adapter)
-    data = setup_data(tokenizer, train_records, eval_records, settings)
-    # Seed again right before the adapters are created so their init does not depend on
-    # how much randomness tokenisation or model loading consumed.
-    set_seed(settings.seed)
-    built = build_model(base_model, settings, tokenizer, data.tally.probe_rows, init_adapter=init_adapter)
-    logger.info("%s", built.plan.note)
-    callbacks = setup_callbacks(settings, progress=progress, deadline=deadline, has_eval=data.eval is not None, extra=extra_callbacks)
-    trainer = setup_trainer(settings, built, tokenizer, data, callbacks, checkpoints_dir=checkpoints_dir, report_to=report_to, run_name=run_name)
-    resumed_from = train_or_resume(trainer, checkpoints_dir)
-    eval_loss = trainer.evaluate()["eval_loss"] if data.eval is not None else None
+    with clock.phase("setup"):
+        # transformers' training utilities import torch, peft (and with it bitsandbytes): the bulk of setup on a small model
+        from transformers import set_seed
+
+        set_seed(settings.seed)
+        tokenizer = setup_tokenizer(base_model, settings, init_adapter)
+        data = setup_data(tokenizer, train_records, eval_records, settings, cache=cache)
+        # Seed again right before the adapters are created so their init does not depend on
+        # how much randomness tokenisation or model loading consumed.
+        set_seed(settings.seed)
+        built = build_model(base_model, settings, tokenizer, data.tally.probe_rows, init_adapter=init_adapter, cache=cache)
+        logger.info("%s", built.plan.note)
+        callbacks = setup_callbacks(settings, progress=progress, deadline=deadline, has_eval=data.eval is not None, extra=extra_callbacks)
+        trainer = setup_trainer(settings, built, tokenizer, data, callbacks, checkpoints_dir=checkpoints_dir, report_to=report_to, run_name=run_name)
+    if tracking_ready is not None:
+        tracking_ready()  # its wait is the tracking's time (the caller's report), not this run's
+    with clock.phase("training"):
+        resumed_from = train_or_resume(trainer, checkpoints_dir)
+    with clock.phase("evaluation"):
+        eval_loss = final_eval_loss(trainer) if data.eval is not None else None
     adapter_dir = folder.model_dir
-    save_model(trainer, tokenizer, adapter_dir, base_model, settings)
+    with clock.phase("save"):
+        save_model(trainer, tokenizer, adapter_dir, base_model, settings)
+    # The loop's own evaluations are evaluation time, not training time.
+    clock.move("training", "evaluation", evaluation_seconds(trainer.state.log_history, since_step=_start_step(resumed_from)))
     return train_report(
         trainer, built, data, callbacks, settings=settings, base_model=base_model, run_name=run_name, run_dir=run_dir, adapter_dir=adapter_dir,
-        resumed_from=resumed_from, eval_loss=eval_loss, started=started,
+        resumed_from=resumed_from, eval_loss=eval_loss, started=started, phases=clock.seconds,
     )
+
+
+def final_eval_loss(trainer: Any) -> float:
+    """The validation loss of the weights training ended with, evaluated once.
+
+    The loop already evaluated them when its last step was an evaluation (every step-based
+    run ends with one, an epoch-based run evaluates at the epoch's end, which max_steps or the
+    time budget also reaches); with early stopping the best checkpoint's weights are loaded
+    at the end, and their loss is the best metric. Only a run that ended without evaluating
+    (resumed from its final checkpoint, say) is evaluated here.
+    """
+    state = trainer.state
+    if trainer.args.load_best_model_at_end and state.best_model_checkpoint and state.best_metric is not None:
+        return state.best_metric
+    evaluations = [entry for entry in state.log_history if "eval_loss" in entry]
+    if evaluations and evaluations[-1].get("step") == state.global_step:
+        return evaluations[-1]["eval_loss"]
+    return trainer.evaluate()["eval_loss"]
+
+
+def evaluation_seconds(log_history: list[dict[str, Any]], *, since_step: int) -> float:
+    """Seconds the Trainer spent in the evaluations it logged after ``since_step`` (this session's)."""
+    return sum(entry.get("eval_runtime", 0.0) for entry in log_history if "eval_loss" in entry and entry.get("step", 0) > since_step)
+
+
+def _start_step(resumed_from: Path | None) -> int:
+    """The global step a session started from: a checkpoint folder is named checkpoint-<step>."""
+    return int(resumed_from.name.rsplit("-", 1)[-1]) if resumed_from else 0
 
 
 def setup_trainer(
@@ -209,7 +252,7 @@ def _write_model(model: Any, tokenizer: Any, adapter_dir: Path, base_model: str,
 
 def train_report(
     trainer: Any, built: BuiltModel, data: TrainingData, callbacks: RunCallbacks, *, settings: TrainSettings, base_model: str, run_name: str,
-    run_dir: Path, adapter_dir: Path, resumed_from: Path | None, eval_loss: float | None, started: float,
+    run_dir: Path, adapter_dir: Path, resumed_from: Path | None, eval_loss: float | None, started: float, phases: dict[str, float],
 ) -> TrainReport:
     """What the run did, from the Trainer's final state, the data's counts and the callbacks' measurements."""
     state = trainer.state
@@ -232,6 +275,7 @@ def train_report(
         streamed_from=data.streamed_from,
         resumed_from=str(resumed_from) if resumed_from else None,
         seconds=round(time.monotonic() - started, 2),
+        phase_seconds=phases,
         log_history=state.log_history,
         batching=built.plan.note,
         tokens_per_second=callbacks.reporter.session_tokens_per_second,
