@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from .serveserver import ServeServer
+from .apiserver import ServeServer
 
 pytestmark = pytest.mark.slow(seconds=90)
 

@@ -17,7 +17,7 @@ import pytest
 from fragua.registry import open_registry
 
 from .conftest import QUICK, make_settings
-from .serveserver import ServeServer
+from .apiserver import ServeServer
 
 TOKEN = "routing-test-token"
 QUESTION = [{"role": "user", "content": "Is breakfast included?"}]
