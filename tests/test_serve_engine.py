@@ -141,12 +141,20 @@ def test_a_full_queue_refuses_new_requests_as_overloaded(engine_for, published_w
     engine = engine_for(max_queued=1, max_batch_size=1)
 
     async def scenario():
-        busy = [asyncio.create_task(answer(engine, version, Prompt(messages=question(i)), SamplingParams(max_tokens=200, temperature=0))) for i in range(2)]
-        while engine.stats().waiting < 1:
-            await asyncio.sleep(0.01)
+        def busy(i: int) -> asyncio.Task:
+            return asyncio.create_task(answer(engine, version, Prompt(messages=question(i)), SamplingParams(max_tokens=200, temperature=0)))
+
+        async def until(condition) -> None:
+            while not condition(engine.stats()):
+                await asyncio.sleep(0.01)
+
+        running = busy(0)
+        await until(lambda stats: stats.running == 1)
+        waiting = busy(1)
+        await until(lambda stats: stats.waiting == 1)
         with pytest.raises(Overloaded, match="serve.max_queued"):
             await answer(engine, version, Prompt(messages=question(9)), SamplingParams(max_tokens=4))
-        await asyncio.gather(*busy)
+        await asyncio.gather(running, waiting)  # the requests already taken finish
 
     asyncio.run(scenario())
 

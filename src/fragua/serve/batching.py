@@ -108,6 +108,7 @@ class LocalEngine:
         self._batches: dict[str, _Batch] = {}
         self._wake = threading.Condition()
         self._closed = False
+        self._queued = 0  # requests taken but not yet in a batch (guarded by _wake)
         self._running = 0  # rows in batches; these counters are written by the scheduler thread only
         self._steps = 0
         self._decoded_rows = 0
@@ -121,17 +122,20 @@ class LocalEngine:
         self.pool.release(served)
 
     def stats(self) -> EngineStats:
-        with self._wake:
-            waiting = sum(len(q) for q in self._waiting.values())
-        return EngineStats(loaded=self.pool.loaded(), running=self._running, waiting=waiting, steps=self._steps, decoded_rows=self._decoded_rows)
+        return EngineStats(loaded=self.pool.loaded(), running=self._running, waiting=self._queued, steps=self._steps, decoded_rows=self._decoded_rows)
 
     async def generate(self, version: str, prompt: Prompt, params: SamplingParams) -> AsyncIterator[TextDelta | Completion]:
+        # A place in the queue is taken before anything else, so a burst of requests cannot all
+        # pass the check while the first ones are still loading or encoding.
         with self._wake:
-            if sum(len(q) for q in self._waiting.values()) >= self.settings.serve.max_queued:
+            if self._queued >= self.settings.serve.max_queued:
                 raise Overloaded(f"{self.settings.serve.max_queued} requests are already waiting (serve.max_queued); retry shortly")
-        served = await asyncio.to_thread(self.pool.acquire, version)
+            self._queued += 1
+        place_held = True  # until the request is queued; then the scheduler gives it back on admission
+        served: ServedModel | None = None
         request: _Request | None = None
         try:
+            served = await asyncio.to_thread(self.pool.acquire, version)
             prompt_ids = self._encode(served, prompt, params)
             generator = None
             if not params.greedy:
@@ -147,6 +151,7 @@ class LocalEngine:
                 if self._closed:
                     raise EngineError("the server is shutting down")
                 self._waiting.setdefault(version, deque()).append(request)
+                place_held = False
                 self._wake.notify()
             while True:
                 event = await request.events.get()
@@ -156,9 +161,13 @@ class LocalEngine:
                 if isinstance(event, Completion):
                     return
         finally:
+            if place_held:
+                with self._wake:
+                    self._queued -= 1
             if request is not None:
                 request.cancelled = True  # a client gone mid-answer frees its row at the next step
-            self.pool.release(served)
+            if served is not None:
+                self.pool.release(served)
 
     def _encode(self, served: ServedModel, prompt: Prompt, params: SamplingParams) -> list[int]:
         tokenizer = served.tokenizer
@@ -216,6 +225,7 @@ class LocalEngine:
         return any(self._waiting.values()) or any(b.rows for b in self._batches.values())
 
     def _fail_everything(self, error: EngineError) -> None:
+        self._queued -= sum(len(queue) for queue in self._waiting.values())
         for queue in self._waiting.values():
             for request in queue:
                 request.send(error)
@@ -233,6 +243,7 @@ class LocalEngine:
         with self._wake:
             queue = self._waiting.get(version) or deque()
             joining = [queue.popleft() for _ in range(min(room, len(queue)))]
+            self._queued -= len(joining)
             if not queue:
                 self._waiting.pop(version, None)
         joining = [r for r in joining if not r.cancelled]
