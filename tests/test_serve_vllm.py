@@ -55,6 +55,15 @@ FAKE_VLLM = Path(__file__).with_name("fake_vllm.py")
 # The command line and settings ------------------------------------------------------------
 
 
+async def load_once(settings, registry, version: str) -> None:
+    """A fresh engine loads ``version`` and closes, whatever happened."""
+    engine = VllmEngine(settings, registry)
+    try:
+        await engine.load(version)
+    finally:
+        await engine.close()
+
+
 def test_command_for_a_base_enables_lora_with_the_serve_settings(tmp_path):
     settings = make_settings(tmp_path, serve={
         "max_batch_size": 32, "vllm_max_loras": 3, "vllm_max_lora_rank": 128, "vllm_max_bases": 2,
@@ -313,15 +322,8 @@ def test_an_adapter_above_the_rank_limit_is_refused_naming_the_field(served, tmp
     settings, registry, _ = served
     wide = _publish(registry, _adapter_folder(tmp_path / "wide", tiny_base, 128), {"base_model": str(tiny_base), "method": "lora"})
 
-    async def scenario():
-        engine = VllmEngine(settings, registry)
-        try:
-            await engine.load(wide)
-        finally:
-            await engine.close()
-
     with pytest.raises(ModelUnavailable, match=r"rank 128, above serve.vllm_max_lora_rank \(64\)"):
-        _run(scenario())
+        _run(load_once(settings, registry, wide))
 
 
 @pytest.mark.slow(seconds=15)
@@ -329,15 +331,8 @@ def test_a_vllm_that_dies_while_loading_is_reported_with_its_log(served, monkeyp
     settings, registry, (first, _, _) = served
     monkeypatch.setenv("FAKE_VLLM_EXIT", "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    async def scenario():
-        engine = VllmEngine(settings, registry)
-        try:
-            await engine.load(first)
-        finally:
-            await engine.close()
-
     with pytest.raises(ModelUnavailable) as caught:
-        _run(scenario())
+        _run(load_once(settings, registry, first))
     message = str(caught.value)
     log = Path(message.rsplit("(full log: ", 1)[1].rstrip(")"))
     assert "exited with code 1" in message and "CUDA out of memory" in message
@@ -351,15 +346,8 @@ def test_a_vllm_that_never_answers_health_is_stopped_after_the_timeout(served, m
     monkeypatch.setenv("FAKE_VLLM_HANG", "1")
     settings = settings.model_copy(update={"serve": settings.serve.model_copy(update={"vllm_startup_timeout_s": 3})})
 
-    async def scenario():
-        engine = VllmEngine(settings, registry)
-        try:
-            await engine.load(first)
-        finally:
-            await engine.close()
-
     with pytest.raises(ModelUnavailable, match=r"did not answer /health within 3s .*serve.vllm_startup_timeout_s"):
-        _run(scenario())
+        _run(load_once(settings, registry, first))
     log = next((settings.work_path / "serve" / "vllm").glob("vllm-*.log"))
     worker = int(log.read_text().split("engine core pid ")[1].split()[0])
     assert not Path(f"/proc/{worker}").exists() or "zombie" in Path(f"/proc/{worker}/status").read_text().lower()
