@@ -12,7 +12,7 @@ script (``bench/plain_trainer.py``) as separate processes, start to exit, on a s
 to it. Fragua runs against a Prefect server started for the benchmark (``fragua server
 start``), with its tokenisation cache cold and warm, and once with a temporary server.
 
-    .venv/bin/python bench/train_throughput.py [--steps 20] [--repeats 2] [--examples 256] [--threads N] [--method lora|qlora]
+    .venv/bin/python bench/train_throughput.py [--steps 20] [--repeats 2] [--examples 256] [--threads N] [--method lora|qlora] [--model tiny|21m]
     .venv/bin/python bench/train_throughput.py --whole-process [--steps 30] [--long-steps 3] [--repeats 1] [--threads 1]
 """
 
@@ -136,6 +136,7 @@ def run_baseline(base: Path, rows: list[dict], settings: TrainSettings, work: Pa
 
 # The long job's model: a Llama of ~21M parameters (the tiny one has ~0.8M).
 LONG_SHAPE = TinyBaseSettings(vocab_size=4096, hidden_size=512, intermediate_size=1408, num_layers=6, num_heads=8)
+MODEL_SHAPES = {"tiny": TinyBaseSettings(), "21m": LONG_SHAPE}
 FRAGUA = Path(sys.executable).with_name("fragua")
 
 
@@ -289,6 +290,8 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=256)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--method", choices=["lora", "qlora"], default="lora", help="the same method on both sides")
+    parser.add_argument("--model", choices=sorted(MODEL_SHAPES), default="tiny",
+                        help="the base trained by both sides in-process: the tiny Llama (~0.7M parameters) or the long job's ~21M one")
     parser.add_argument("--whole-process", action="store_true", help="time `fragua train` and the plain script as whole processes")
     parser.add_argument("--long-steps", type=int, default=3, help="--whole-process: optimiser steps of the long job (the ~21M model; ~30 s a step on one CPU thread)")
     options = parser.parse_args()
@@ -302,7 +305,7 @@ def main() -> None:
     quiet_transformers()
     with tempfile.TemporaryDirectory(prefix="fragua-bench-") as folder:
         work = Path(folder)
-        base = build_tiny_base(work / "base", TinyBaseSettings())
+        base = build_tiny_base(work / "base", MODEL_SHAPES[options.model])
         tokenizer = load_tokenizer(str(base))
         records = chat_records(tokenizer, options.examples, seed=0)
         rows = encode_records(tokenizer, records, MAX_TOKENS).rows
@@ -310,7 +313,7 @@ def main() -> None:
         settings = settings_for(options.steps, options.method)
         print(f"device: {'cuda' if torch.cuda.is_available() else 'cpu'} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)")
         print(f"data: {len(rows)} chat examples, tokens min {lengths[0]} / median {lengths[len(lengths) // 2]} / max {lengths[-1]}")
-        print(f"same for both: LoRA r={settings.lora.r} alpha={settings.lora.alpha} all-linear, lr {settings.learning_rate}, "
+        print(f"model: {options.model} ({MODEL_SHAPES[options.model].hidden_size} hidden, {MODEL_SHAPES[options.model].num_layers} layers); same for both: LoRA r={settings.lora.r} alpha={settings.lora.alpha} all-linear, lr {settings.learning_rate}, "
               f"batch {settings.batch_size}, {settings.max_steps} steps, seed {settings.seed}")
         print(f"load average before: {os.getloadavg()[0]:.2f}")
         runs: dict[str, list] = {"baseline": [], "fragua": []}

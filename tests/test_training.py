@@ -53,6 +53,12 @@ def test_lora_weights_change_and_the_adapter_carries_the_chat_template(tiny_base
     assert report.base_parameters > 100_000 and report.trained_tokens > 0 and report.eval_loss is not None
 
 
+def test_the_last_step_is_logged_when_logging_steps_do_not_reach_it(tiny_base, records, tmp_path):
+    report, events = run(tiny_base, records, tmp_path / "run", max_steps=3, logging_steps=10, save_steps=100)
+    assert [e["step"] for e in events] == [3]
+    assert report.train_loss is not None and report.train_loss == events[-1]["loss"]
+
+
 def test_the_validation_split_is_evaluated_once_at_the_end_and_the_phases_are_timed(tiny_base, records, tmp_path):
     # 64 examples in batches of 8: one epoch is 8 steps; max_steps ends the loop in the second epoch,
     # where the epoch-end evaluation runs; its loss is the final one, not evaluated again.
@@ -64,6 +70,27 @@ def test_the_validation_split_is_evaluated_once_at_the_end_and_the_phases_are_ti
     assert all(seconds >= 0 for seconds in report.phase_seconds.values())
     assert report.phase_seconds["evaluation"] == pytest.approx(sum(entry["eval_runtime"] for entry in evaluations), abs=0.05)
 
+
+
+def test_throughput_leaves_the_loops_validation_passes_out(monkeypatch):
+    from types import SimpleNamespace
+
+    from fragua.train import callbacks
+
+    now = [100.0]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: now[0])
+    throughput = callbacks.Throughput()
+    reporter = callbacks.progress_reporter(None, throughput)
+    state = SimpleNamespace(global_step=0, num_input_tokens_seen=0, is_world_process_zero=True)
+    reporter.on_train_begin(None, state, None)
+    now[0] += 50.0  # 20 s of steps, a 30 s evaluation (logged as its runtime), then 10 s of steps
+    reporter.on_evaluate(None, state, None, metrics={"eval_loss": 2.0, "eval_runtime": 30.0})
+    state.num_input_tokens_seen = 3000
+    assert throughput.rate(state.num_input_tokens_seen) == 150.0
+    now[0] += 10.0
+    state.num_input_tokens_seen = 4000
+    reporter.on_train_end(None, state, None)
+    assert reporter.session_tokens_per_second == pytest.approx(133.3)
 
 
 def test_the_final_loss_is_evaluated_only_when_the_loop_did_not_end_on_an_evaluation():

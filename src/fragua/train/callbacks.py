@@ -38,6 +38,10 @@ class Throughput:
     def reset(self, tokens: int) -> None:
         self.since, self.tokens = time.monotonic(), tokens
 
+    def pause(self, seconds: float) -> None:
+        """Leave ``seconds`` spent on other work (an evaluation) out of the current interval."""
+        self.since += seconds
+
     def rate(self, tokens: int) -> float | None:
         elapsed = time.monotonic() - self.since
         rate = (tokens - self.tokens) / elapsed if elapsed > 0 and tokens > self.tokens else None
@@ -54,17 +58,29 @@ def progress_reporter(progress: Callable[[dict[str, Any]], None] | None, through
 
         def __init__(self) -> None:
             self.started = time.monotonic()
+            self.evaluating = 0.0
             self.first_step = 0
             self.first_tokens = 0
             self.session_tokens_per_second: float | None = None
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.started = time.monotonic()
+            self.started, self.evaluating = time.monotonic(), 0.0
             self.first_step, self.first_tokens = state.global_step, state.num_input_tokens_seen
             throughput.reset(state.num_input_tokens_seen)
 
+        def on_step_end(self, args, state, control, **kwargs):
+            # The last step is logged whatever logging_steps says: its loss is the run's train loss.
+            if state.global_step >= state.max_steps:
+                control.should_log = True
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            # Validation passes inside the loop are not training throughput.
+            seconds = (metrics or {}).get("eval_runtime", 0.0)
+            self.evaluating += seconds
+            throughput.pause(seconds)
+
         def on_train_end(self, args, state, control, **kwargs):
-            elapsed = time.monotonic() - self.started
+            elapsed = time.monotonic() - self.started - self.evaluating
             tokens = state.num_input_tokens_seen - self.first_tokens
             self.session_tokens_per_second = round(tokens / elapsed, 1) if tokens > 0 and elapsed > 0 else None
 
@@ -101,7 +117,7 @@ def time_budget(deadline: float | None) -> Any:
 
         def on_step_end(self, args, state, control, **kwargs):
             if deadline is not None and time.time() >= deadline:
-                self.reached = control.should_training_stop = True
+                self.reached = control.should_training_stop = control.should_log = True
 
     return TimeBudget()
 

@@ -61,7 +61,7 @@ class TrainReport(BaseModel):
     phase_seconds: dict[str, float] = Field(default_factory=dict, description=PHASES_DESCRIPTION)
     log_history: list[dict[str, Any]]
     batching: str = Field("", description="How batches were formed and why (padding-free or the fallback).")
-    tokens_per_second: float | None = Field(None, description="Training throughput in non-padding tokens per second (this session).")
+    tokens_per_second: float | None = Field(None, description="Training throughput in non-padding tokens per second of this session's loop, its validation passes left out.")
     added_tokens: list[str] = Field(default_factory=list, description="Tokens added to the tokenizer (e.g. ChatML markers) whose embedding rows were trained.")
     stopped_early: bool = Field(False, description="Early stopping ended the run before max_steps.")
     stopped_by_time_budget: bool = Field(False, description="The time budget (hyperparameter search) ended the run before max_steps.")
