@@ -45,10 +45,17 @@ def engine_for(published_work):
         asyncio.run(engine.close())
 
 
-async def answer(engine: LocalEngine, version: str, prompt: Prompt, params: SamplingParams, delay: float = 0.0) -> tuple[str, Completion]:
+async def answer(engine: LocalEngine, version: str, prompt: Prompt, params: SamplingParams, delay: float = 0.0,
+                 after: asyncio.Event | None = None, started: asyncio.Event | None = None) -> tuple[str, Completion]:
+    """One request's streamed text and completion; it is sent after ``delay`` and once ``after`` is set,
+    and sets ``started`` at its first event (so the next request can be sent while this one decodes)."""
     await asyncio.sleep(delay)
+    if after is not None:
+        await after.wait()
     streamed, done = [], None
     async for event in engine.generate(version, prompt, params):
+        if started is not None:
+            started.set()
         if isinstance(event, TextDelta):
             streamed.append(event.text)
         else:
@@ -58,14 +65,18 @@ async def answer(engine: LocalEngine, version: str, prompt: Prompt, params: Samp
 
 
 def test_requests_joining_a_running_batch_get_the_answers_generate_gives(engine_for, published_work):
-    """16 greedy requests arriving one after another while earlier ones decode: each joins the
+    """16 greedy requests, each sent while the one before it decodes: each joins the
     running batch (its cache merged, left-padded) and ends with exactly `generate`'s answer."""
     version = published_work[1][0]
     engine = engine_for()
 
     async def scenario():
+        # Each request is sent once the one before it streams: it joins a batch that is decoding,
+        # however fast this machine decodes (fixed delays let a quiet machine finish each first).
+        started = [asyncio.Event() for _ in range(16)]
         return await asyncio.gather(*[
-            answer(engine, version, Prompt(messages=question(i)), SamplingParams(max_tokens=12 + i, temperature=0), delay=0.03 * i)
+            answer(engine, version, Prompt(messages=question(i)), SamplingParams(max_tokens=12 + i, temperature=0),
+                   after=started[i - 1] if i else None, started=started[i])
             for i in range(16)
         ])
 
