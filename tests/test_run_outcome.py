@@ -34,7 +34,8 @@ def _top_level(tag: str):
 
 def _last_log_lines(run, count: int = 2) -> list[str]:
     """The run's last log lines, once they reached the server (they are shipped in the
-    background; Prefect's "Finished in state" line comes last)."""
+    background; the flow's own "Finished in state" line comes last — each task ends with
+    one too, so waiting for any of them can read the logs before the flow's last lines)."""
     import asyncio
 
     from prefect import get_client
@@ -45,7 +46,7 @@ def _last_log_lines(run, count: int = 2) -> list[str]:
         async with get_client() as client:
             for _ in range(240):
                 logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), sort=LogSort.TIMESTAMP_DESC, limit=count)
-                if logs and logs[0].message.startswith("Finished in state"):
+                if logs and logs[0].task_run_id is None and logs[0].message.startswith("Finished in state"):
                     break
                 await asyncio.sleep(0.5)
             return [log.message for log in reversed(logs)]
